@@ -1,0 +1,68 @@
+//! Bettong: a thread-per-core stream-processing engine.
+//!
+//! You write business logic as plain functions and the engine runs them on every core:
+//! one pinned glommio executor per core, each owning a shard of the keyed state, its own
+//! sockets and its own sink connection. Records cross cores only at [`Pipeline::key_by`], to
+//! reach the core that owns their key, in batches over SPSC rings.
+//!
+//! Where to look:
+//! - [`pipeline`]: the API a user writes against (map, flat_map, filter, key_by, state, encode).
+//! - [`runtime`]: starting and stopping an [`Engine`] on N cores.
+//! - [`routing`]: key hash → owner core, and the batches that cross cores.
+//! - [`state`]: one core's shard of keyed state.
+//! - [`codec`]: the length-prefixed framing, decoded in place.
+//! - [`source`], [`sink`]: where frames come from and output goes (TCP or memory).
+//! - [`metrics`]: per-core counters; [`shutdown`]: how a stop request reaches every task.
+//!
+//! ```
+//! use bettong_engine::{Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};
+//! use std::borrow::Cow;
+//!
+//! // A running maximum per sensor, from frames like "sensor-3 21.5".
+//! let pipeline = Pipeline::text()
+//!     .filter(|line| line.split_once(' ').is_some())
+//!     .key_by(|line| match line {
+//!         Cow::Borrowed(l) => {
+//!             let (id, v) = l.split_once(' ').unwrap();
+//!             (Cow::Borrowed(id), v.parse::<f64>().unwrap_or(f64::NAN))
+//!         }
+//!         Cow::Owned(l) => {
+//!             let (id, v) = l.split_once(' ').unwrap();
+//!             (Cow::Owned(id.to_string()), v.parse::<f64>().unwrap_or(f64::NAN))
+//!         }
+//!     })
+//!     .state(|_id: &str, max: &mut Option<f64>, v: f64| {
+//!         let m = max.map_or(v, |m| m.max(v));
+//!         *max = Some(m);
+//!         Some(m)
+//!     })
+//!     .encode(|id, m, out| out.extend_from_slice(format!("{id} max {m}\n").as_bytes()));
+//! let src = MemorySource::from_frames(["s1 3.0", "s2 1.0", "s1 2.0"]);
+//! let report = Engine::new().cores(1).run(pipeline, SourceConfig::Memory(src), SinkConfig::Memory)?;
+//! let lines: Vec<String> = report.output_lines().collect();
+//! assert_eq!(lines, ["s1 max 3", "s2 max 1", "s1 max 3"]);
+//! # Ok::<(), bettong_engine::Error>(())
+//! ```
+
+pub mod codec;
+mod error;
+mod memory;
+pub mod metrics;
+mod net;
+mod notify;
+pub mod pipeline;
+pub mod routing;
+pub mod runtime;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod state;
+mod worker;
+
+pub use error::Error;
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use pipeline::{App, Pipeline};
+pub use runtime::{online_cpus, Engine, Report, Running};
+pub use shutdown::StopHandle;
+pub use sink::{SinkConfig, TcpSinkConfig};
+pub use source::{MemorySource, SourceConfig, TcpSourceConfig};

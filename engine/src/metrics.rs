@@ -1,0 +1,144 @@
+//! Per-core metrics: what each core did, readable live from any thread.
+//!
+//! Each core owns one [`CoreMetrics`] and is its only writer. The hot path counts into plain
+//! local variables and publishes them with one relaxed atomic add per read or per batch, so the
+//! counters cost nothing per word. Readers (the bench, the server's periodic log, tests) take a
+//! [`MetricsSnapshot`] at any time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// One core's live counters. Written only by that core; read by anyone.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct CoreMetrics {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// A plain copy of one core's counters (or their sum over cores).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct MetricsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl CoreMetrics {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+
+        impl std::ops::AddAssign for MetricsSnapshot {
+            fn add_assign(&mut self, o: Self) {
+                $( self.$name += o.$name; )*
+            }
+        }
+
+        impl fmt::Display for MetricsSnapshot {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut first = true;
+                $(
+                    if !first { f.write_str(" ")?; }
+                    first = false;
+                    write!(f, "{}={}", stringify!($name), self.$name)?;
+                )*
+                let _ = first;
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted by this core's listener.
+    connections_accepted,
+    /// Connections closed because a frame header exceeded the maximum frame size.
+    connections_oversized,
+    /// Connections that ended inside a frame (the partial frame was dropped).
+    connections_truncated,
+    /// Frames decoded (valid or not).
+    frames_in,
+    /// Frames rejected whole because their payload was not valid UTF-8.
+    frames_rejected,
+    /// Bytes read from sources.
+    bytes_in,
+    /// Keyed records produced by decoding (words, for word count).
+    records_in,
+    /// Records whose key this core owns: applied here without crossing a ring.
+    records_local,
+    /// Records copied into a batch for another core.
+    records_routed,
+    /// Batches sent to other cores.
+    batches_sent,
+    /// Times a send found the ring to the destination full and had to wait.
+    ring_full_stalls,
+    /// Records applied to this core's state (its own and those routed to it).
+    records_applied,
+    /// Outputs encoded for the sink.
+    outputs,
+    /// Bytes written to the sink.
+    bytes_out,
+    /// Distinct keys held in this core's shard.
+    keys,
+    /// Approximate heap bytes of this core's shard.
+    state_bytes,
+    /// Times the sink connection was (re)established.
+    sink_connects,
+    /// Failed sink connection attempts.
+    sink_connect_failures,
+    /// Bytes handed to a sink connection that then broke: they may not have arrived.
+    sink_bytes_at_risk,
+}
+
+impl CoreMetrics {
+    /// Adds `n` to a counter. Only the owning core calls this.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Sets a gauge. Only the owning core calls this.
+    #[inline]
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Relaxed);
+    }
+}
+
+/// Every core's metrics, shared between the cores and whoever watches them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    cores: Arc<[CoreMetrics]>,
+}
+
+impl Metrics {
+    /// Zeroed metrics for `cores` cores.
+    pub fn new(cores: usize) -> Self {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+        }
+    }
+
+    /// Core `i`'s counters.
+    pub fn core(&self, i: usize) -> &CoreMetrics {
+        &self.cores[i]
+    }
+
+    /// A snapshot of each core, by core index.
+    pub fn per_core(&self) -> Vec<MetricsSnapshot> {
+        self.cores.iter().map(CoreMetrics::snapshot).collect()
+    }
+
+    /// The sum over all cores.
+    pub fn total(&self) -> MetricsSnapshot {
+        let mut t = MetricsSnapshot::default();
+        for c in self.cores.iter() {
+            t += c.snapshot();
+        }
+        t
+    }
+}

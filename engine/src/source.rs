@@ -1,0 +1,147 @@
+//! Sources: where frames come from, and the settings for each kind.
+//!
+//! [`SourceConfig::Tcp`] listens on an address on every core ([`crate::net`]);
+//! [`SourceConfig::Memory`] feeds a framed buffer from memory ([`crate::memory`]), for embedding,
+//! tests and in-process benchmarks. A memory source is finite: the engine stops by itself once
+//! it is consumed and everything is flushed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::DEFAULT_MAX_FRAME;
+
+/// Where the engine reads frames from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Every core listens on the same address (SO_REUSEPORT) and reads its own connections.
+    Tcp(TcpSourceConfig),
+    /// A framed buffer in memory, split between the cores at frame boundaries.
+    Memory(MemorySource),
+}
+
+/// Settings of the TCP source.
+#[derive(Debug, Clone)]
+pub struct TcpSourceConfig {
+    /// The address to listen on. Port 0 picks a free port, the same one on every core; the
+    /// running engine reports it.
+    pub addr: SocketAddr,
+    /// Largest accepted payload; a connection announcing a larger frame is closed.
+    pub max_frame: usize,
+    /// Bytes of each connection's read buffer.
+    pub read_buffer: usize,
+    /// Largest number of open connections per core; further connections are closed at once.
+    pub max_connections_per_core: usize,
+}
+
+impl TcpSourceConfig {
+    /// Default settings for listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        TcpSourceConfig {
+            addr,
+            max_frame: DEFAULT_MAX_FRAME,
+            read_buffer: 64 * 1024,
+            max_connections_per_core: 10_000,
+        }
+    }
+}
+
+/// A framed buffer (4-byte big-endian length, then payload, repeated) fed from memory.
+///
+/// ```
+/// use bettong_engine::MemorySource;
+/// let src = MemorySource::from_frames(["a b", "c"]);
+/// assert_eq!(src.frames(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    pub(crate) framed: Arc<[u8]>,
+    pub(crate) repeat: usize,
+    /// Bytes handed to the pipeline per step (then batches and the sink are flushed).
+    pub(crate) slice_bytes: usize,
+    /// Optional pause between steps, to feed at a bounded rate.
+    pub(crate) pause: Option<Duration>,
+}
+
+impl MemorySource {
+    /// A source over an already framed buffer. Errors if the buffer does not end on a frame
+    /// boundary, naming the offset of the truncated frame.
+    pub fn from_framed(framed: impl Into<Arc<[u8]>>) -> Result<Self, crate::Error> {
+        let framed = framed.into();
+        let mut pos = 0;
+        while pos < framed.len() {
+            let Some(h) = framed[pos..].first_chunk::<4>() else {
+                return Err(crate::Error::TruncatedInput { offset: pos });
+            };
+            let next = pos + 4 + u32::from_be_bytes(*h) as usize;
+            if next > framed.len() {
+                return Err(crate::Error::TruncatedInput { offset: pos });
+            }
+            pos = next;
+        }
+        Ok(MemorySource {
+            framed,
+            repeat: 1,
+            slice_bytes: 64 * 1024,
+            pause: None,
+        })
+    }
+
+    /// A source of the given payloads, one frame each.
+    pub fn from_frames<I, T>(frames: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut buf = Vec::new();
+        for f in frames {
+            crate::codec::encode_frame(f.as_ref(), &mut buf);
+        }
+        Self::from_framed(buf).expect("frames encoded here are complete")
+    }
+
+    /// Feeds the whole buffer `n` times.
+    pub fn repeat(mut self, n: usize) -> Self {
+        self.repeat = n;
+        self
+    }
+
+    /// Sets how many bytes each core decodes before it flushes its batches and output.
+    pub fn slice_bytes(mut self, n: usize) -> Self {
+        self.slice_bytes = n.max(1);
+        self
+    }
+
+    /// Pauses between slices (to feed below saturation).
+    pub fn pause(mut self, d: Duration) -> Self {
+        self.pause = Some(d);
+        self
+    }
+
+    /// Number of frames in one pass over the buffer.
+    pub fn frames(&self) -> usize {
+        let mut n = 0;
+        let mut pos = 0;
+        while let Some(h) = self.framed.get(pos..).and_then(|b| b.first_chunk::<4>()) {
+            pos += 4 + u32::from_be_bytes(*h) as usize;
+            n += 1;
+        }
+        n
+    }
+
+    /// The part of the buffer core `core` of `cores` feeds: contiguous, cut at frame boundaries.
+    pub(crate) fn share(&self, core: usize, cores: usize) -> &[u8] {
+        let cut = |i: usize| -> usize {
+            let target = self.framed.len() * i / cores;
+            let mut pos = 0;
+            while pos < target {
+                let h = self.framed[pos..]
+                    .first_chunk::<4>()
+                    .expect("validated framing");
+                pos += 4 + u32::from_be_bytes(*h) as usize;
+            }
+            pos
+        };
+        &self.framed[cut(core)..cut(core + 1)]
+    }
+}

@@ -1,0 +1,158 @@
+//! The command line: `bettong [serve|send|receive|demo]`, parsed with clap.
+//!
+//! Each subcommand maps onto one module's options struct, so the binary stays a thin layer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Bettong: a thread-per-core stream-processing engine, serving Wallaroo's word count.
+///
+/// With no subcommand it runs a self-contained demo on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "bettong", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run (default: the loopback demo).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve word count: framed text in on --in, `word => count` lines out to --out.
+    Serve(ServeArgs),
+    /// Send framed messages to a server (Wallaroo's giles sender).
+    Send(SendArgs),
+    /// Receive and count output lines (Wallaroo's data_receiver).
+    Receive(ReceiveArgs),
+    /// Run the server, a sender and a receiver on loopback and report what happened.
+    Demo(DemoArgs),
+}
+
+/// `bettong serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, `[NAME@]HOST:PORT`.
+    #[arg(long = "in", value_name = "[NAME@]HOST:PORT")]
+    pub input: String,
+    /// Receiver to send output lines to, `HOST:PORT`.
+    #[arg(long = "out", value_name = "HOST:PORT")]
+    pub output: String,
+    /// Cores to run on, one pinned executor each (default: every online core).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
+    #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+}
+
+/// `bettong send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server addresses, `HOST:PORT[,HOST:PORT…]`, used round robin by the connections.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub host: Vec<String>,
+    /// A text file: every non-empty line is one message.
+    #[arg(long, conflicts_with = "framed_file")]
+    pub file: Option<PathBuf>,
+    /// A file that is already framed (4-byte big-endian length + payload), like gen_corpus.py's.
+    #[arg(long)]
+    pub framed_file: Option<PathBuf>,
+    /// Stop after this many messages in total.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Messages per write.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Pause between batches, in milliseconds.
+    #[arg(long)]
+    pub interval: Option<u64>,
+    /// Times to send the whole input (0: until --messages, or forever).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u64,
+    /// TCP connections, one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Messages per second over all connections (0: as fast as the server takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+}
+
+/// `bettong receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Address to listen on, `HOST:PORT`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: String,
+    /// Count the output without writing it to stdout.
+    #[arg(long)]
+    pub no_write: bool,
+    /// Check that every word's outputs come 1..N in order on one connection.
+    #[arg(long)]
+    pub validate: bool,
+    /// Exit once this many lines have arrived.
+    #[arg(long)]
+    pub expect_lines: Option<u64>,
+    /// Exit after this many seconds without data (once a connection was seen).
+    #[arg(long)]
+    pub idle_exit: Option<f64>,
+}
+
+/// `bettong demo` (also what `bettong` with no arguments runs).
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Cores for the server (default: every online core).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Times the Bill of Rights is sent.
+    #[arg(long, default_value_t = 4000)]
+    pub repeat: u64,
+    /// Sender connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            cores: None,
+            repeat: 4000,
+            connections: 4,
+        }
+    }
+}
+
+impl SendArgs {
+    /// The sender's options; `progress` is set when stderr is a terminal.
+    pub fn to_options(&self, progress: bool) -> anyhow::Result<crate::send::SendOptions> {
+        use crate::send::{SendOptions, SendSource};
+        let source = match (&self.file, &self.framed_file) {
+            (Some(f), None) => SendSource::File(f.clone()),
+            (None, Some(f)) => SendSource::FramedFile(f.clone()),
+            _ => anyhow::bail!("bettong send needs exactly one of --file or --framed-file"),
+        };
+        let mut o = SendOptions::new(self.host.clone(), source);
+        o.messages = self.messages;
+        o.batch_size = self.batch_size.max(1);
+        o.interval = self.interval.map(Duration::from_millis);
+        o.repeat = self.repeat;
+        o.connections = self.connections.max(1);
+        o.rate = self.rate;
+        o.progress = progress;
+        Ok(o)
+    }
+}
+
+impl ReceiveArgs {
+    /// The receiver's options.
+    pub fn to_options(&self) -> crate::receive::ReceiveOptions {
+        let mut o = crate::receive::ReceiveOptions::new(self.listen.clone());
+        o.no_write = self.no_write;
+        o.validate = self.validate;
+        o.expect_lines = self.expect_lines;
+        o.idle_exit = self.idle_exit.map(Duration::from_secs_f64);
+        o
+    }
+}

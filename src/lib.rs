@@ -1,0 +1,15 @@
+//! The `bettong` package: Wallaroo's canonical word count written against the public
+//! `bettong-engine` API, plus the tools that feed and measure it (`send`, `receive`, `bench`).
+//!
+//! The binary in `main.rs` is a thin command-line layer over these modules, so that tests,
+//! benches and examples can drive exactly the same code a user runs.
+
+pub mod app;
+pub mod cli;
+pub mod corpus;
+pub mod demo;
+pub mod receive;
+pub mod send;
+pub mod serve;
+pub mod split;
+pub mod validate;

@@ -1,0 +1,58 @@
+//! The `bettong` binary: a thin command-line layer over the `bettong` library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use bettong::cli::{Cli, Command, DemoArgs};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
+        Command::Serve(a) => bettong::serve::serve(&bettong::serve::ServeOptions {
+            input: a.input,
+            output: a.output,
+            cores: a.cores,
+            max_frame: a.max_frame,
+        }),
+        Command::Send(a) => a
+            .to_options(std::io::stderr().is_terminal())
+            .and_then(|o| bettong::send::run_send(&o))
+            .map(|r| {
+                eprintln!(
+                    "sent {} messages ({} bytes) over {} connections in {:.2?}: {:.0} msgs/s",
+                    r.messages,
+                    r.bytes,
+                    r.connections,
+                    r.elapsed,
+                    r.messages_per_sec()
+                )
+            }),
+        Command::Receive(a) => {
+            let opts = a.to_options();
+            bettong::receive::run_receive(&opts, &mut std::io::stdout().lock()).and_then(|r| {
+                eprintln!(
+                    "received {} lines, {} bytes over {} connections in {:.2?}",
+                    r.lines, r.bytes, r.connections, r.elapsed
+                );
+                r.check()
+            })
+        }
+        Command::Demo(a) => bettong::demo::run_demo(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bettong: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

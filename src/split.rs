@@ -1,0 +1,255 @@
+//! Splitting a message into words, exactly as the word-count contract says
+//! (`spec/word-count.md`, "Splitting a message into words"):
+//!
+//! 1. split on runs of the six ASCII separators: space, `\t`, `\n`, `\x0b` (VT), `\x0c` (FF), `\r`
+//!    (VT included, unlike [`u8::is_ascii_whitespace`]; non-ASCII spaces belong to words);
+//! 2. lowercase each piece with full Unicode lowercasing ([`str::to_lowercase`], final sigma
+//!    included);
+//! 3. strip [`PUNCT`] from both ends (punctuation inside a word stays);
+//! 4. drop empty words.
+//!
+//! This is the hot path of the word-count server, so the splitter is zero-copy and
+//! allocation-free for the common case: the scan is a hand-written loop over bytes with a lookup
+//! table (no `char` decoding), and a word that is already lowercase ASCII is yielded as a
+//! [`Cow::Borrowed`] slice of the message. Only words holding an ASCII uppercase letter or any
+//! non-ASCII character are lowercased into a fresh [`String`].
+//!
+//! # Why stripping before lowercasing is the same as the spec's lowercase-then-strip
+//!
+//! The spec lowercases the whole piece and then strips; we strip the piece first and lowercase
+//! only its core. For a piece `p = prefix + core + suffix`, where `prefix` and `suffix` are the
+//! maximal runs of [`PUNCT`] bytes at its ends, the two agree because:
+//!
+//! * `str::to_lowercase` maps every character on its own, except `Σ` (the final-sigma rule, see
+//!   below). Every [`PUNCT`] character lowercases to itself, so
+//!   `lower(p) = prefix + lower(core) + suffix` as long as `core`'s sigmas come out the same.
+//! * No character lowercases to a string holding ASCII punctuation: ASCII characters other than
+//!   `A`..=`Z` map to themselves, and the only non-ASCII characters whose lowercase holds ASCII
+//!   are `İ` (U+0130, to `i` + U+0307) and the Kelvin sign (U+212A, to `k`): letters, not
+//!   punctuation (`tests/split_props.rs` checks this over every `char`). `core` starts and ends
+//!   with a non-[`PUNCT`] character, so `lower(core)` starts and ends with a non-[`PUNCT`]
+//!   character too, and stripping `lower(p)` removes exactly `prefix` and `suffix`.
+//! * The final-sigma rule (Rust's `map_uppercase_sigma`, Unicode's `Final_Sigma`) turns `Σ` into
+//!   `ς` iff, skipping case-ignorable characters, the nearest character before it is cased and
+//!   the nearest after it is not (or there is none). Some [`PUNCT`] characters are
+//!   case-ignorable (`'`, `.`, `:`, `^`, `` ` ``), but none is cased. So if the look-around from a
+//!   `Σ` in `core` runs off the end of `core` into `prefix` or `suffix`, it either skips all of
+//!   it and hits the end of the piece, or stops at an uncased punctuation character: both give
+//!   "not cased", which is what hitting the end of `core` gives. The context of every `Σ` is
+//!   the same in `p` and in `core`, so every sigma lowercases the same way.
+//!
+//! Hence `lower(p).strip(PUNCT) == lower(core)`. The code still trims the owned lowercase word
+//! again when its first or last byte is punctuation (never, by the argument above, and cheap to
+//! check) and drops it if it ends up empty (also never: no character lowercases to nothing).
+
+use std::borrow::Cow;
+use std::iter::FusedIterator;
+
+/// Wallaroo's punctuation set, space included: the bytes stripped from both ends of every word.
+///
+/// All of them are ASCII, so stripping them byte by byte always leaves a valid `&str`.
+///
+/// ```
+/// use bettong::split::PUNCT;
+/// assert_eq!(PUNCT, b" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~");
+/// assert_eq!(PUNCT.len(), 33);
+/// assert!(PUNCT.iter().all(|b| b.is_ascii_punctuation() || *b == b' '));
+/// ```
+pub const PUNCT: &[u8] = b" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+
+/// Byte classes, one bit each, looked up in [`CLASS`].
+const SEP: u8 = 1;
+const PUN: u8 = 2;
+/// An ASCII uppercase letter or any byte of a non-ASCII character: the word needs lowercasing.
+const LOW: u8 = 4;
+
+/// The class of every byte value, built at compile time.
+static CLASS: [u8; 256] = build_class_table();
+
+const fn build_class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let byte = b as u8;
+        if is_separator(byte) {
+            t[b] |= SEP;
+        }
+        if byte.is_ascii_uppercase() || !byte.is_ascii() {
+            t[b] |= LOW;
+        }
+        b += 1;
+    }
+    let mut i = 0;
+    while i < PUNCT.len() {
+        t[PUNCT[i] as usize] |= PUN;
+        i += 1;
+    }
+    t
+}
+
+#[inline(always)]
+fn class(b: u8) -> u8 {
+    CLASS[b as usize]
+}
+
+#[inline(always)]
+fn is_punct_char(c: char) -> bool {
+    c.is_ascii() && class(c as u8) & PUN != 0
+}
+
+/// Whether `b` separates words: space, `\t`, `\n`, `\x0b` (VT), `\x0c` (FF) or `\r`.
+///
+/// Unlike [`u8::is_ascii_whitespace`], VT is a separator. Bytes of non-ASCII characters
+/// (U+00A0, U+3000, ...) never are: those spaces belong to words.
+///
+/// ```
+/// use bettong::split::is_separator;
+/// assert!(is_separator(b'\x0b'));
+/// assert!(!b'\x0b'.is_ascii_whitespace());
+/// for b in [b' ', b'\t', b'\n', b'\x0c', b'\r'] {
+///     assert!(is_separator(b));
+/// }
+/// assert!(!is_separator(b'a'));
+/// assert!(!is_separator(0xA0));
+/// ```
+#[inline]
+pub const fn is_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// The words of `text`, in order, lowercased and stripped of [`PUNCT`] at both ends, empty ones
+/// dropped (see the [module docs](self) for the rules).
+///
+/// Words that are already lowercase ASCII borrow from `text`; the others are lowercased into an
+/// owned `String`.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use bettong::split::words;
+///
+/// let w: Vec<_> = words("\"Hello,\"  it's\x0bthe ÉCOLE... -- !!").collect();
+/// assert_eq!(w, ["hello", "it's", "the", "école"]);
+/// assert!(matches!(w[1], Cow::Borrowed("it's")));
+/// assert!(matches!(w[3], Cow::Owned(_)));
+/// ```
+#[inline]
+pub fn words(text: &str) -> Words<'_> {
+    Words { text, pos: 0 }
+}
+
+/// Calls `f` on every word of `text`, in order: the same words as [`words`].
+///
+/// ```
+/// use bettong::split::for_each_word;
+///
+/// let mut n = 0;
+/// for_each_word("To be, or not to be.", |w| {
+///     assert!(w == "to" || w == "be" || w == "or" || w == "not");
+///     n += 1;
+/// });
+/// assert_eq!(n, 6);
+/// ```
+#[inline]
+pub fn for_each_word<'a>(text: &'a str, mut f: impl FnMut(Cow<'a, str>)) {
+    for w in words(text) {
+        f(w);
+    }
+}
+
+/// Iterator over the words of a message, made by [`words`].
+///
+/// Yields `Cow::Borrowed` slices of the message for lowercase-ASCII words and `Cow::Owned`
+/// lowercased copies for the others. It is fused: once it returns `None` it always does.
+///
+/// ```
+/// use bettong::split::words;
+///
+/// let mut it = words("(Bettong)\r\n");
+/// assert_eq!(it.next().as_deref(), Some("bettong"));
+/// assert_eq!(it.next(), None);
+/// assert_eq!(it.next(), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Words<'a> {
+    text: &'a str,
+    /// Byte offset where the scan resumes: always 0, `text.len()`, or just after a piece, i.e.
+    /// on an ASCII byte or at the end, hence a char boundary.
+    pos: usize,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = Cow<'a, str>;
+
+    /// The next word, or `None` at the end of the message.
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        let text = self.text;
+        let bytes = text.as_bytes();
+        let len = bytes.len();
+        let mut i = self.pos;
+        loop {
+            // Skip a run of separators.
+            while i < len && class(bytes[i]) & SEP != 0 {
+                i += 1;
+            }
+            if i == len {
+                self.pos = len;
+                return None;
+            }
+            // Scan the piece, noting whether anything in it needs lowercasing. PUNCT bytes are
+            // lowercase ASCII, so the flag over the piece equals the flag over its core.
+            let start = i;
+            let mut needs_lower = 0;
+            while i < len {
+                let c = class(bytes[i]);
+                if c & SEP != 0 {
+                    break;
+                }
+                needs_lower |= c;
+                i += 1;
+            }
+            let end = i;
+            // Strip PUNCT at both ends. Separators and PUNCT are ASCII, so `s` and `e` fall on
+            // char boundaries and the slice below cannot panic.
+            let mut s = start;
+            while s < end && class(bytes[s]) & PUN != 0 {
+                s += 1;
+            }
+            let mut e = end;
+            while e > s && class(bytes[e - 1]) & PUN != 0 {
+                e -= 1;
+            }
+            if s == e {
+                continue; // empty or punctuation-only piece
+            }
+            self.pos = end;
+            let core = &text[s..e];
+            if needs_lower & LOW == 0 {
+                return Some(Cow::Borrowed(core));
+            }
+            // Lowercasing the core equals lowercasing the piece then stripping (module docs).
+            let lower = core.to_lowercase();
+            let lb = lower.as_bytes();
+            let ends_in_punct = match (lb.first(), lb.last()) {
+                (Some(&f), Some(&l)) => class(f) & PUN != 0 || class(l) & PUN != 0,
+                _ => false,
+            };
+            let lower = if ends_in_punct {
+                lower.trim_matches(is_punct_char).to_owned()
+            } else {
+                lower
+            };
+            if lower.is_empty() {
+                continue;
+            }
+            return Some(Cow::Owned(lower));
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Each word takes at least one byte plus a separator, except the last.
+        let rest = self.text.len() - self.pos;
+        (0, Some(rest.div_ceil(2)))
+    }
+}
+
+impl FusedIterator for Words<'_> {}
