@@ -9,11 +9,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// Bettong: a thread-per-core stream-processing engine, serving Wallaroo's word count.
 ///
-/// With no subcommand it runs a self-contained demo on loopback.
+/// With no subcommand it runs a short benchmark on loopback and prints the table.
 #[derive(Debug, Parser)]
 #[command(name = "bettong", version, about, long_about = None)]
 pub struct Cli {
-    /// What to run (default: the loopback demo).
+    /// What to run (default: a short loopback bench).
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -29,6 +29,56 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Run the server, a sender and a receiver on loopback and report what happened.
     Demo(DemoArgs),
+    /// Measure throughput and latency, over loopback or in-process (the default command).
+    Bench(BenchArgs),
+}
+
+/// `bettong bench`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BenchArgs {
+    /// Run the pipeline embedded (memory source, discarding sink) instead of over loopback.
+    #[arg(long)]
+    pub in_process: bool,
+    /// A framed corpus, such as gen_corpus.py's output (default: a synthetic Zipf corpus).
+    #[arg(long)]
+    pub framed_file: Option<PathBuf>,
+    /// Messages of the synthetic corpus.
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: usize,
+    /// Passes over the corpus at full speed.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Server cores (default: every online core).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Sender connections.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Messages/s of the fixed-rate latency phase (default: half the full-speed rate; 0 skips it).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Seconds of the fixed-rate phase.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The bench's options.
+    pub fn to_options(&self) -> crate::bench::BenchOptions {
+        crate::bench::BenchOptions {
+            in_process: self.in_process,
+            framed_file: self.framed_file.clone(),
+            messages: self.messages.max(1),
+            repeat: self.repeat.max(1),
+            cores: self.cores,
+            connections: self.connections.max(1),
+            rate: self.rate,
+            duration: Duration::from_secs_f64(self.duration.max(0.1)),
+        }
+    }
 }
 
 /// `bettong serve`.
@@ -154,5 +204,18 @@ impl ReceiveArgs {
         o.expect_lines = self.expect_lines;
         o.idle_exit = self.idle_exit.map(Duration::from_secs_f64);
         o
+    }
+}
+
+impl BenchArgs {
+    /// What `bettong` with no arguments runs: a short loopback bench.
+    pub fn default_run() -> Self {
+        BenchArgs {
+            messages: 200_000,
+            repeat: 3,
+            connections: 2,
+            duration: 2.0,
+            ..Default::default()
+        }
     }
 }

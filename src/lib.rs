@@ -5,6 +5,7 @@
 //! benches and examples can drive exactly the same code a user runs.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod demo;
@@ -12,4 +13,5 @@ pub mod receive;
 pub mod send;
 pub mod serve;
 pub mod split;
+pub mod synth;
 pub mod validate;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use bettong::cli::{Cli, Command, DemoArgs};
+use bettong::cli::{BenchArgs, Cli, Command};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
+    let result = match cli
+        .command
+        .unwrap_or(Command::Bench(BenchArgs::default_run()))
+    {
         Command::Serve(a) => bettong::serve::serve(&bettong::serve::ServeOptions {
             input: a.input,
             output: a.output,
@@ -47,6 +50,13 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo(a) => bettong::demo::run_demo(&a),
+        Command::Bench(a) => bettong::bench::run_bench(&a.to_options()).map(|r| {
+            if a.json {
+                println!("{}", r.json());
+            } else {
+                print!("{}", r.table());
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,10 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
@@ -109,10 +112,43 @@ impl CoreMetrics {
     }
 }
 
+/// One core's latency histogram: microseconds from an input's arrival at the engine (the read
+/// that brought it in) to the moment the output chunk holding its result was written to the
+/// sink. Recorded once per output chunk (not per record), so the lock is off the per-record path
+/// and uncontended except while someone takes a snapshot.
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    hist: Mutex<Histogram<u64>>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        LatencyRecorder {
+            hist: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// An empty histogram of microseconds, 1 µs to 1 hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl LatencyRecorder {
+    /// Records the time from `born` until now.
+    pub fn record(&self, born: Instant) {
+        let us = born.elapsed().as_micros().clamp(1, 3_600_000_000) as u64;
+        if let Ok(mut h) = self.hist.lock() {
+            let _ = h.record(us);
+        }
+    }
+}
+
 /// Every core's metrics, shared between the cores and whoever watches them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     cores: Arc<[CoreMetrics]>,
+    latency: Arc<[LatencyRecorder]>,
 }
 
 impl Metrics {
@@ -120,6 +156,32 @@ impl Metrics {
     pub fn new(cores: usize) -> Self {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            latency: (0..cores).map(|_| LatencyRecorder::default()).collect(),
+        }
+    }
+
+    /// Core `i`'s latency recorder.
+    pub fn latency(&self, i: usize) -> &LatencyRecorder {
+        &self.latency[i]
+    }
+
+    /// Every core's latency histogram merged (microseconds, arrival to output written).
+    pub fn latency_histogram(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for l in self.latency.iter() {
+            if let Ok(h) = l.hist.lock() {
+                let _ = all.add(&*h);
+            }
+        }
+        all
+    }
+
+    /// Clears every latency histogram (to measure one phase of a run).
+    pub fn reset_latency(&self) {
+        for l in self.latency.iter() {
+            if let Ok(mut h) = l.hist.lock() {
+                h.reset();
+            }
         }
     }
 

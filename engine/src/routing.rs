@@ -87,6 +87,8 @@ struct Routed<V> {
 pub struct Batch<V> {
     arena: String,
     records: Vec<Routed<V>>,
+    /// When the oldest record in the batch arrived at the engine, for latency histograms.
+    pub born: Option<std::time::Instant>,
 }
 
 impl<V> Default for Batch<V> {
@@ -94,6 +96,7 @@ impl<V> Default for Batch<V> {
         Batch {
             arena: String::new(),
             records: Vec::new(),
+            born: None,
         }
     }
 }
@@ -104,6 +107,7 @@ impl<V: Copy> Batch<V> {
         Batch {
             arena: String::with_capacity(key_bytes),
             records: Vec::with_capacity(records),
+            born: None,
         }
     }
 

@@ -285,7 +285,12 @@ async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
     let port = Rc::new(SinkPort::new(s.sink_queue));
     let rx = port.clone();
     let sink_task = match s.sink {
-        SinkConfig::Memory => glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index)),
+        SinkConfig::Memory => {
+            glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index, true))
+        }
+        SinkConfig::Discard => {
+            glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index, false))
+        }
         SinkConfig::Tcp(cfg) => {
             let (m, sd) = (s.metrics.clone(), shutdown.clone());
             glommio::spawn_local(async move {

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -32,6 +32,8 @@ pub enum SinkConfig {
     /// Each core keeps its output in memory; it is returned in the engine's
     /// [`Report`](crate::Report) when the engine stops.
     Memory,
+    /// Output is encoded, counted in `bytes_out` and dropped: for in-process benchmarks.
+    Discard,
 }
 
 /// Settings of the TCP sink.
@@ -67,7 +69,9 @@ impl TcpSinkConfig {
 /// outputs) reach the writer in the order they were produced.
 pub(crate) struct SinkPort {
     chunk: RefCell<Vec<u8>>,
-    queue: RefCell<VecDeque<Vec<u8>>>,
+    /// When the oldest input behind the current chunk's output arrived.
+    chunk_born: Cell<Option<Instant>>,
+    queue: RefCell<VecDeque<Chunk>>,
     depth: usize,
     closed: Cell<bool>,
     /// Notified when a chunk is queued or the port closes.
@@ -81,6 +85,7 @@ impl SinkPort {
     pub(crate) fn new(depth: usize) -> Self {
         SinkPort {
             chunk: RefCell::new(Vec::new()),
+            chunk_born: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             depth: depth.max(1),
             closed: Cell::new(false),
@@ -94,14 +99,24 @@ impl SinkPort {
         self.chunk.borrow_mut()
     }
 
+    /// Notes that output of input that arrived at `born` is in the current chunk.
+    pub(crate) fn note_arrival(&self, born: Instant) {
+        match self.chunk_born.get() {
+            Some(b) if b <= born => {}
+            _ => self.chunk_born.set(Some(born)),
+        }
+    }
+
     /// Queues the current chunk for the writer, first waiting while the queue is full.
     pub(crate) async fn flush(&self) {
         while self.queue.borrow().len() >= self.depth && !self.closed.get() {
             self.room.wait().await;
         }
-        let chunk = std::mem::take(&mut *self.chunk.borrow_mut());
-        if !chunk.is_empty() {
-            self.queue.borrow_mut().push_back(chunk);
+        let bytes = std::mem::take(&mut *self.chunk.borrow_mut());
+        let born = self.chunk_born.take();
+        if !bytes.is_empty() {
+            let born = born.unwrap_or_else(Instant::now);
+            self.queue.borrow_mut().push_back(Chunk { bytes, born });
             self.queued.notify();
         }
     }
@@ -113,7 +128,7 @@ impl SinkPort {
     }
 
     /// The writer's side: the next chunk, or None once the port is closed and drained.
-    pub(crate) async fn next(&self) -> Option<Vec<u8>> {
+    pub(crate) async fn next(&self) -> Option<Chunk> {
         loop {
             if let Some(c) = self.queue.borrow_mut().pop_front() {
                 self.room.notify();
@@ -127,12 +142,29 @@ impl SinkPort {
     }
 }
 
-/// Drains a core's output into memory, returning everything in order once the port closes.
-pub(crate) async fn run_memory_sink(rx: Rc<SinkPort>, metrics: Metrics, core: usize) -> Vec<u8> {
+/// Encoded output on its way to the writer, with the arrival time of the oldest input behind it.
+pub(crate) struct Chunk {
+    pub bytes: Vec<u8>,
+    pub born: Instant,
+}
+
+/// Drains a core's output into memory (or drops it when `keep` is false), returning everything
+/// kept, in order, once the port closes.
+pub(crate) async fn run_memory_sink(
+    rx: Rc<SinkPort>,
+    metrics: Metrics,
+    core: usize,
+    keep: bool,
+) -> Vec<u8> {
     let m = metrics.core(core);
+    let latency = metrics.latency(core);
     let mut all = Vec::new();
-    while let Some(chunk) = rx.next().await {
+    while let Some(Chunk { bytes: chunk, born }) = rx.next().await {
         CoreMetrics::add(&m.bytes_out, chunk.len() as u64);
+        latency.record(born);
+        if !keep {
+            continue;
+        }
         if all.is_empty() {
             all = chunk;
         } else {
@@ -155,7 +187,8 @@ pub(crate) async fn run_tcp_sink(
     let mut stream: Option<TcpStream> = None;
     // Set once the sink stayed unreachable past the shutdown grace: the rest is counted, not sent.
     let mut dropped: Option<usize> = None;
-    while let Some(chunk) = rx.next().await {
+    let latency = metrics.latency(core);
+    while let Some(Chunk { bytes: chunk, born }) = rx.next().await {
         let mut written = 0;
         while written < chunk.len() {
             if let Some(d) = dropped.as_mut() {
@@ -180,6 +213,9 @@ pub(crate) async fn run_tcp_sink(
                 Ok(n) => {
                     written += n;
                     CoreMetrics::add(&m.bytes_out, n as u64);
+                    if written == chunk.len() {
+                        latency.record(born);
+                    }
                 }
                 Err(e) => {
                     conn.broke(m, written, e);

@@ -90,6 +90,7 @@ impl<A: App> Worker<A> {
         let mut outbox = self.outbox.borrow_mut();
         let mut out = self.sink.chunk();
         let (me, router) = (self.index, &self.router);
+        let now = Instant::now();
         let mut seen = Ingested::default();
         let (mut records, mut local, mut outputs, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         let r = produce(&mut |frame: &[u8]| {
@@ -112,6 +113,14 @@ impl<A: App> Worker<A> {
                 seen.first_error.get_or_insert(e);
             }
         });
+        if outputs > 0 {
+            self.sink.note_arrival(now);
+        }
+        for batch in outbox.iter_mut() {
+            if !batch.is_empty() && batch.born.is_none() {
+                batch.born = Some(now);
+            }
+        }
         let m = self.core_metrics();
         CoreMetrics::add(&m.frames_in, seen.frames);
         CoreMetrics::add(&m.frames_rejected, seen.rejected);
@@ -201,6 +210,10 @@ impl<A: App> Worker<A> {
         for (hash, key, value) in batch.iter() {
             let state = shard.get_or_default(hash, key);
             outputs += back.apply(key, state, value, &mut out) as u64;
+        }
+        if outputs > 0 {
+            self.sink
+                .note_arrival(batch.born.unwrap_or_else(Instant::now));
         }
         let m = self.core_metrics();
         CoreMetrics::add(&m.records_applied, batch.len() as u64);

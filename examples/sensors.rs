@@ -1,0 +1,133 @@
+//! A second app on the same engine: a running average temperature per sensor.
+//!
+//! This example exists to show that the pipeline API is not tied to word count. Frames hold
+//! several readings, one per line (`sensor-17 21.5`); bad readings are dropped with `filter`;
+//! readings are keyed by sensor id; the state is `(sum, count)`; every reading emits
+//! `sensor-17 avg=21.50 n=3`. It runs twice: once to completion with `Engine::run`, and once
+//! with `Engine::start`, watching live metrics and stopping it from code.
+//!
+//! ```sh
+//! cargo run --release --example sensors
+//! ```
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use bettong_engine::{online_cpus, App, Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};
+
+const SENSORS: u64 = 8;
+
+/// `sensor-<id> <celsius>` with a plausible temperature, or `None` for a bad reading.
+fn parse(line: &str) -> Option<(&str, f64)> {
+    let (id, value) = line.split_once(' ')?;
+    let celsius: f64 = value.parse().ok()?;
+    (id.starts_with("sensor-") && (-50.0..=60.0).contains(&celsius)).then_some((id, celsius))
+}
+
+fn running_average() -> impl App {
+    Pipeline::text()
+        // One frame, several readings: emit each line. Runs on the core that read the frame.
+        .flat_map(|frame, emit| frame.lines().for_each(|l| emit(Cow::Borrowed(l))))
+        .filter(|line| parse(line).is_some())
+        // Key = sensor id, value = the reading. Readings cross to the core owning their sensor.
+        // The key must borrow from the item, which may be borrowed or owned.
+        .key_by(|line| match line {
+            Cow::Borrowed(l) => {
+                let (id, celsius) = parse(l).expect("filtered");
+                (Cow::Borrowed(id), celsius)
+            }
+            Cow::Owned(l) => {
+                let (id, celsius) = parse(&l).expect("filtered");
+                (Cow::Owned(id.to_owned()), celsius)
+            }
+        })
+        // On the owner core: one (sum, count) per sensor, created as (0.0, 0).
+        .state(|_id: &str, (sum, n): &mut (f64, u64), celsius: f64| {
+            *sum += celsius;
+            *n += 1;
+            Some((*sum / *n as f64, *n))
+        })
+        .encode(|id, (avg, n), out| {
+            writeln!(out, "{id} avg={avg:.2} n={n}").expect("writing to a Vec cannot fail")
+        })
+}
+
+/// `frames` deterministic frames of 5 readings each; about one reading in five is bad.
+fn readings(frames: usize) -> Vec<String> {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut reading = move || {
+        let (id, r) = (next() % SENSORS, next());
+        match r % 10 {
+            0 => format!("sensor-{id} n/a\n"),   // unparsable
+            1 => format!("sensor-{id} 999.0\n"), // out of range
+            _ => format!("sensor-{id} {:.1}\n", 15.0 + (r % 150) as f64 / 10.0),
+        }
+    };
+    (0..frames)
+        .map(|_| (0..5).map(|_| reading()).collect())
+        .collect()
+}
+
+fn main() -> Result<(), bettong_engine::Error> {
+    let cores = online_cpus().len().min(2);
+
+    // 1. Run to completion over a finite memory source.
+    let frames = readings(1000);
+    let report = Engine::new().cores(cores).run(
+        running_average(),
+        SourceConfig::Memory(MemorySource::from_frames(&frames)),
+        SinkConfig::Memory,
+    )?;
+    // Each sensor's outputs all come from its owner core, in order: its last line is final.
+    let mut last = BTreeMap::new();
+    for line in report.output_lines() {
+        let id = line
+            .split_once(' ')
+            .map(|(id, _)| id.to_owned())
+            .unwrap_or_default();
+        last.insert(id, line);
+    }
+    println!(
+        "final averages after {} frames on {cores} core(s):",
+        frames.len()
+    );
+    for line in last.values() {
+        println!("  {line}");
+    }
+    let t = report.total();
+    println!(
+        "{} readings kept, {} outputs ({} lines filtered out)\n",
+        t.records_in,
+        t.outputs,
+        frames.len() * 5 - t.records_in as usize
+    );
+
+    // 2. Start in the background, watch live metrics, stop from code. The source repeats with
+    // a pause between slices, so it would run for a long while on its own.
+    let source = MemorySource::from_frames(&frames)
+        .repeat(1_000_000)
+        .slice_bytes(4096)
+        .pause(Duration::from_millis(1));
+    let running = Engine::new().cores(cores).start(
+        running_average(),
+        SourceConfig::Memory(source),
+        SinkConfig::Memory,
+    )?;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        let t = running.metrics().total();
+        println!("running: {} frames in, {} outputs", t.frames_in, t.outputs);
+    }
+    running.stop(); // Graceful: sources stop, what was read is finished and flushed.
+    let report = running.join()?;
+    println!("stopped after {} frames in total", report.total().frames_in);
+    Ok(())
+}
