@@ -45,18 +45,22 @@ fn concurrent_chunked_connections_keep_every_word_in_order() {
     let server = Server::serve("127.0.0.1:0", receiver.local_addr(), &[]);
 
     // Each client's frames: Bill of Rights lines, random words in mixed case with punctuation
-    // and every separator, and a few empty messages.
+    // and every separator, a few empty messages, and one large message.
     let bill = bill_lines();
     let inputs: Vec<Vec<u8>> = (0..CLIENTS)
         .map(|c| {
             let mut rng = Rng::new(0xB0_77_00 + c as u64);
-            let payloads: Vec<String> = (0..FRAMES_PER_CLIENT)
+            let mut payloads: Vec<String> = (0..FRAMES_PER_CLIENT)
                 .map(|_| match rng.below(20) {
                     0 => String::new(),
                     1..=7 => rng.pick(&bill).to_string(),
                     _ => random_message(&mut rng, 1, 16),
                 })
                 .collect();
+            // One frame larger than the server's 64 KiB read buffer per client.
+            let at = rng.below(FRAMES_PER_CLIENT);
+            payloads[at] = random_message(&mut rng, 12_000, 14_000);
+            assert!(payloads[at].len() > 64 * 1024, "{}", payloads[at].len());
             frame_all(&payloads)
         })
         .collect();

@@ -16,20 +16,12 @@
 //!
 //! ```
 //! use bettong_engine::{Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};
-//! use std::borrow::Cow;
-//!
 //! // A running maximum per sensor, from frames like "sensor-3 21.5".
 //! let pipeline = Pipeline::text()
 //!     .filter(|line| line.split_once(' ').is_some())
-//!     .key_by(|line| match line {
-//!         Cow::Borrowed(l) => {
-//!             let (id, v) = l.split_once(' ').unwrap();
-//!             (Cow::Borrowed(id), v.parse::<f64>().unwrap_or(f64::NAN))
-//!         }
-//!         Cow::Owned(l) => {
-//!             let (id, v) = l.split_once(' ').unwrap();
-//!             (Cow::Owned(id.to_string()), v.parse::<f64>().unwrap_or(f64::NAN))
-//!         }
+//!     .key_by(|line| {
+//!         let (id, v) = line.split_once(' ').unwrap_or((line, ""));
+//!         (id, v.parse::<f64>().unwrap_or(f64::NAN))
 //!     })
 //!     .state(|_id: &str, max: &mut Option<f64>, v: f64| {
 //!         let m = max.map_or(v, |m| m.max(v));

@@ -21,8 +21,8 @@
 //!     .flat_map(|text, emit| text.lines().for_each(|l| emit(Cow::Borrowed(l))))
 //!     .filter(|line| line.contains(':'))
 //!     .key_by(|line| {
-//!         let (label, rest) = line.split_once(':').unwrap();
-//!         (Cow::Owned(label.trim().to_string()), rest.trim().len() as u64)
+//!         let (label, rest) = line.split_once(':').unwrap_or((line, ""));
+//!         (label.trim(), rest.trim().len() as u64)
 //!     })
 //!     .state(|_label: &str, total: &mut u64, n: u64| {
 //!         *total += n;
@@ -169,11 +169,12 @@ impl<P: Step> Pipeline<P> {
         }
     }
 
-    /// Splits each item into a key and a value. **This is where records cross cores:** the key
-    /// is hashed once and the record is applied on the core that owns the hash.
+    /// Splits each item into a key (a slice of the item) and a value. **This is where records
+    /// cross cores:** the key is hashed once and the record is applied on the core that owns the
+    /// hash; the key is copied only if it must travel to another core or becomes a new key.
     pub fn key_by<K, V>(self, key: K) -> Keyed<P, K>
     where
-        K: FnMut(Cow<'_, str>) -> (Cow<'_, str>, V) + Clone + Send + 'static,
+        K: FnMut(&str) -> (&str, V) + Clone + Send + 'static,
         V: Copy + Send + 'static,
     {
         Keyed {
@@ -196,7 +197,7 @@ impl<P: Step, K> Keyed<P, K> {
     /// may return an output for the encoder.
     pub fn state<V, S, O, U>(self, update: U) -> Stateful<P, K, U>
     where
-        K: FnMut(Cow<'_, str>) -> (Cow<'_, str>, V) + Clone + Send + 'static,
+        K: FnMut(&str) -> (&str, V) + Clone + Send + 'static,
         V: Copy + Send + 'static,
         S: Default + 'static,
         U: FnMut(&str, &mut S, V) -> Option<O> + Clone + Send + 'static,
@@ -221,7 +222,7 @@ impl<P: Step, K, U> Stateful<P, K, U> {
     /// The encoder: appends the bytes for one output to the sink's buffer.
     pub fn encode<E, V, S, O>(self, encode: E) -> Dataflow<P, K, U, E, V, S, O>
     where
-        K: FnMut(Cow<'_, str>) -> (Cow<'_, str>, V) + Clone + Send + 'static,
+        K: FnMut(&str) -> (&str, V) + Clone + Send + 'static,
         V: Copy + Send + 'static,
         S: Default + 'static,
         O: 'static,
@@ -343,7 +344,7 @@ pub trait App: Clone + Send + 'static {
 impl<P, K, V> FrontHalf for Front<P, K, V>
 where
     P: Step,
-    K: FnMut(Cow<'_, str>) -> (Cow<'_, str>, V) + Clone + Send + 'static,
+    K: FnMut(&str) -> (&str, V) + Clone + Send + 'static,
     V: Copy + Send + 'static,
 {
     type Value = V;
@@ -353,8 +354,8 @@ where
         let text = std::str::from_utf8(frame)?;
         let key = &mut self.key;
         self.steps.run(Cow::Borrowed(text), &mut |item| {
-            let (k, v) = key(item);
-            route(&k, v)
+            let (k, v) = key(&item);
+            route(k, v)
         });
         Ok(())
     }
@@ -386,7 +387,7 @@ where
 impl<P, K, U, E, V, S, O> App for Dataflow<P, K, U, E, V, S, O>
 where
     P: Step,
-    K: FnMut(Cow<'_, str>) -> (Cow<'_, str>, V) + Clone + Send + 'static,
+    K: FnMut(&str) -> (&str, V) + Clone + Send + 'static,
     V: Copy + Send + 'static,
     S: Default + 'static,
     O: 'static,

@@ -32,6 +32,9 @@ pub struct TcpSourceConfig {
     pub read_buffer: usize,
     /// Largest number of open connections per core; further connections are closed at once.
     pub max_connections_per_core: usize,
+    /// A connection that has sent part of a frame and then nothing for this long is closed (slow
+    /// loris). Connections idle between frames are left open.
+    pub idle_timeout: Duration,
 }
 
 impl TcpSourceConfig {
@@ -42,6 +45,7 @@ impl TcpSourceConfig {
             max_frame: DEFAULT_MAX_FRAME,
             read_buffer: 64 * 1024,
             max_connections_per_core: 10_000,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -81,6 +81,7 @@ impl Server {
 
     /// Starts `bettong serve --in INPUT --out OUT --cores 2 EXTRA…` and waits until it logs the
     /// address it listens on. `input` is `[NAME@]127.0.0.1:0` in tests, so the port is free.
+    #[track_caller]
     pub fn serve(input: &str, out: SocketAddr, extra: &[&str]) -> Server {
         let out = out.to_string();
         let mut args = vec!["serve", "--in", input, "--out", &out, "--cores", CORES];
@@ -122,6 +123,7 @@ impl Server {
 
     /// Opens a client connection to the server: no Nagle delay (so small writes leave as small
     /// segments), and bounded reads and writes so a stuck server cannot hang the test.
+    #[track_caller]
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr()).unwrap_or_else(|e| {
             panic!(
@@ -195,6 +197,7 @@ impl Server {
 
     /// Like [`wait_for_stderr`](Self::wait_for_stderr), failing the test with the whole stderr
     /// when the line does not come.
+    #[track_caller]
     pub fn expect_stderr(&self, needle: &str, why: &str) {
         assert!(
             self.wait_for_stderr(needle, WAIT),
@@ -209,6 +212,7 @@ impl Server {
     }
 
     /// Sends `signal` (`"TERM"`, `"INT"`, …) to the process with kill(1).
+    #[track_caller]
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([format!("-{signal}"), self.pid().to_string()])
@@ -224,6 +228,7 @@ impl Server {
 
     /// Waits for the process to exit, for at most `timeout`, and returns its status once all of
     /// its stderr is collected; fails the test if it is still running.
+    #[track_caller]
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
@@ -247,6 +252,7 @@ impl Server {
 
     /// Waits until `receiver` has at least `n` lines, failing the test with both sides' state if
     /// they do not come within [`WAIT`]; then listens [`SETTLE`] longer so extra lines show up.
+    #[track_caller]
     pub fn await_lines(&self, receiver: &Receiver, n: u64, what: &str) {
         if !receiver.wait_for_lines(n, WAIT) {
             panic!(
@@ -262,6 +268,7 @@ impl Server {
 
     /// Stops the receiver and checks its report: no contract violation, exactly `expected`'s
     /// total lines, and exactly `expected`'s final counts.
+    #[track_caller]
     pub fn finish_and_check(
         &self,
         receiver: Receiver,
@@ -341,6 +348,7 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 }
 
 /// Runs `bettong ARGS` to its end (at most [`WAIT`]) and returns its status and stderr.
+#[track_caller]
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
     let mut p = Server::spawn(args);
     let status = p.wait_exit(WAIT);
@@ -399,9 +407,10 @@ impl Rng {
     }
 }
 
-/// Where to cut `framed` into writes: increasing offsets ending at `framed.len()`. Pieces are
-/// 1 byte to 4 KiB (a quarter of them 8 bytes or less), and about one cut in six falls inside a
-/// frame header on purpose, so headers arrive split as well as payloads.
+/// Where to cut `framed` into writes: increasing offsets ending at `framed.len()`. Most pieces
+/// are 1 byte to 4 KiB (a quarter of them 8 bytes or less); about one cut in six goes into the
+/// header of the next frame on purpose (however far that is), so headers arrive split as well
+/// as payloads.
 pub fn chunk_cuts(framed: &[u8], rng: &mut Rng) -> Vec<usize> {
     let bounds = bettong::corpus::frame_bounds(framed).expect("chunk_cuts needs whole frames");
     let mut cuts = Vec::new();
@@ -479,6 +488,7 @@ pub fn total_lines(counts: &HashMap<String, u64>) -> u64 {
 
 /// Fails the test unless `report` has no contract violation, exactly the total lines of
 /// `expected` and exactly its final counts (saying which words differ).
+#[track_caller]
 pub fn check_counts(
     report: &ReceiveReport,
     expected: &HashMap<String, u64>,
