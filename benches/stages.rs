@@ -101,7 +101,7 @@ fn group<'c>(
 ) -> BenchmarkGroup<'c, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(fx.word_count()))
-        .sample_size(30)
+        .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     g

@@ -37,7 +37,11 @@ pub fn encode_line(word: &str, count: u64, out: &mut Vec<u8>) {
 /// ```
 pub fn word_count() -> impl App {
     Pipeline::text()
-        .flat_map(|text, emit| crate::split::for_each_word(&text, emit))
+        // Each core's copy of this closure owns its own scratch buffer for lowercasing.
+        .flat_map({
+            let mut scratch = String::new();
+            move |text, emit| crate::split::for_each_word_reusing(&text, &mut scratch, emit)
+        })
         .key_by(|word| (word, ()))
         .state(|_word: &str, count: &mut u64, ()| {
             *count += 1;

@@ -28,10 +28,7 @@ pub fn frame_lines(text: &str) -> Vec<u8> {
 /// # Panics
 /// If `payload` is longer than `u32::MAX` bytes, which the wire format cannot express.
 pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("frame payload longer than u32::MAX bytes");
-    out.reserve(HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
+    bettong_engine::codec::encode_frame(payload, out);
 }
 
 /// Returns the byte offset at which every frame of `framed` starts, followed by `framed.len()`, so

@@ -4,6 +4,8 @@
 //! The binary in `main.rs` is a thin command-line layer over these modules, so that tests,
 //! benches and examples can drive exactly the same code a user runs.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod bench;
 pub mod cli;

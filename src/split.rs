@@ -177,11 +177,11 @@ pub struct Words<'a> {
     pos: usize,
 }
 
-impl<'a> Iterator for Words<'a> {
-    type Item = Cow<'a, str>;
-
-    /// The next word, or `None` at the end of the message.
-    fn next(&mut self) -> Option<Cow<'a, str>> {
+impl<'a> Words<'a> {
+    /// The next piece stripped of [`PUNCT`], not yet lowercased, and whether it needs
+    /// lowercasing (it holds an ASCII uppercase letter or a non-ASCII character).
+    #[inline]
+    fn next_core(&mut self) -> Option<(&'a str, bool)> {
         let text = self.text;
         let bytes = text.as_bytes();
         let len = bytes.len();
@@ -222,26 +222,72 @@ impl<'a> Iterator for Words<'a> {
                 continue; // empty or punctuation-only piece
             }
             self.pos = end;
-            let core = &text[s..e];
-            if needs_lower & LOW == 0 {
+            return Some((&text[s..e], needs_lower & LOW != 0));
+        }
+    }
+}
+
+/// Lowercases a stripped core that needs it; None if nothing is left (never, see the module
+/// docs, but cheap to check). Lowercasing the core equals lowercasing the piece then stripping.
+fn lowercase_core(core: &str) -> Option<String> {
+    let lower = core.to_lowercase();
+    let lb = lower.as_bytes();
+    let ends_in_punct = match (lb.first(), lb.last()) {
+        (Some(&f), Some(&l)) => class(f) & PUN != 0 || class(l) & PUN != 0,
+        _ => false,
+    };
+    let lower = if ends_in_punct {
+        lower.trim_matches(is_punct_char).to_owned()
+    } else {
+        lower
+    };
+    (!lower.is_empty()).then_some(lower)
+}
+
+/// Calls `f` on every word of `text`, like [`for_each_word`], but lowercases ASCII words into
+/// `scratch` instead of a new `String`: no allocation at all unless a word is non-ASCII. Each
+/// word passed to `f` is valid only during that call. The word-count app keeps one `scratch`
+/// per core.
+///
+/// ```
+/// let mut scratch = String::new();
+/// let mut got = Vec::new();
+/// bettong::split::for_each_word_reusing("The CAT, the ÉCOLE", &mut scratch, |w| {
+///     got.push(w.into_owned())
+/// });
+/// assert_eq!(got, ["the", "cat", "the", "école"]);
+/// ```
+#[inline]
+pub fn for_each_word_reusing(text: &str, scratch: &mut String, mut f: impl FnMut(Cow<'_, str>)) {
+    let mut it = words(text);
+    while let Some((core, needs_lower)) = it.next_core() {
+        if !needs_lower {
+            f(Cow::Borrowed(core));
+        } else if core.is_ascii() {
+            // ASCII lowercasing maps letters to letters: no PUNCT can appear at the ends.
+            scratch.clear();
+            scratch.push_str(core);
+            scratch.make_ascii_lowercase();
+            f(Cow::Borrowed(scratch.as_str()));
+        } else if let Some(lower) = lowercase_core(core) {
+            f(Cow::Owned(lower));
+        }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = Cow<'a, str>;
+
+    /// The next word, or `None` at the end of the message.
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        loop {
+            let (core, needs_lower) = self.next_core()?;
+            if !needs_lower {
                 return Some(Cow::Borrowed(core));
             }
-            // Lowercasing the core equals lowercasing the piece then stripping (module docs).
-            let lower = core.to_lowercase();
-            let lb = lower.as_bytes();
-            let ends_in_punct = match (lb.first(), lb.last()) {
-                (Some(&f), Some(&l)) => class(f) & PUN != 0 || class(l) & PUN != 0,
-                _ => false,
-            };
-            let lower = if ends_in_punct {
-                lower.trim_matches(is_punct_char).to_owned()
-            } else {
-                lower
-            };
-            if lower.is_empty() {
-                continue;
+            if let Some(lower) = lowercase_core(core) {
+                return Some(Cow::Owned(lower));
             }
-            return Some(Cow::Owned(lower));
         }
     }
 

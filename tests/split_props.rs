@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use bettong::split::{for_each_word, words, PUNCT};
+use bettong::split::{for_each_word, for_each_word_reusing, words, PUNCT};
 use proptest::prelude::*;
 
 const SEPARATORS: [char; 6] = [' ', '\t', '\n', '\x0b', '\x0c', '\r'];
@@ -115,6 +115,17 @@ proptest! {
         let mut got = Vec::new();
         for_each_word(&text, |w| got.push(w));
         prop_assert_eq!(got, words(&text).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn for_each_word_reusing_matches_the_spec_reference(text in interesting_text()) {
+        // One scratch buffer across several messages, as the app keeps one per core.
+        let mut scratch = String::from("leftover");
+        for _ in 0..2 {
+            let mut got = Vec::new();
+            for_each_word_reusing(&text, &mut scratch, |w| got.push(w.into_owned()));
+            prop_assert_eq!(got, reference(&text));
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@
 //! # Ok::<(), bettong_engine::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod codec;
 mod error;
 mod memory;
@@ -49,6 +51,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod state;
+mod uring;
 mod worker;
 
 pub use error::Error;
@@ -57,4 +60,4 @@ pub use pipeline::{App, Pipeline};
 pub use runtime::{online_cpus, Engine, Report, Running};
 pub use shutdown::StopHandle;
 pub use sink::{SinkConfig, TcpSinkConfig};
-pub use source::{MemorySource, SourceConfig, TcpSourceConfig};
+pub use source::{IoBackend, MemorySource, SourceConfig, TcpSourceConfig};
