@@ -25,6 +25,10 @@ pub fn encode_line(word: &str, count: u64, out: &mut Vec<u8>) {
 
 /// The word-count pipeline: split, key by word, count, encode.
 ///
+/// Its state is one `u64` per word and its routed value is `()`, and the return type says so:
+/// that is what lets `serve --resilience-dir` checkpoint it (both implement
+/// `bettong_engine::Persist`).
+///
 /// ```
 /// use bettong_engine::{Engine, MemorySource, SinkConfig, SourceConfig};
 /// let src = MemorySource::from_frames(["Hello, world!", "hello again"]);
@@ -35,7 +39,7 @@ pub fn encode_line(word: &str, count: u64, out: &mut Vec<u8>) {
 /// let lines: Vec<String> = report.output_lines().collect();
 /// assert_eq!(lines, ["hello => 1", "world => 1", "hello => 2", "again => 1"]);
 /// ```
-pub fn word_count() -> impl App {
+pub fn word_count() -> impl App<State = u64, Value = ()> {
     Pipeline::text()
         // Each core's copy of this closure owns its own scratch buffer for lowercasing.
         .flat_map({

@@ -482,6 +482,9 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
         output: sink.addr.to_string(),
         cores: opts.cores,
         max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
+        resilience_dir: None,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        limits: Default::default(),
     })?;
     let addr = server.local_addr().context("the server has no address")?;
     let metrics = server.metrics().clone();

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::serve::ServeLimits;
+
 /// Bettong: a thread-per-core stream-processing engine, serving Wallaroo's word count.
 ///
 /// With no subcommand it runs a short benchmark on loopback and prints the table.
@@ -84,8 +86,9 @@ impl BenchArgs {
 /// `bettong serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on, `[NAME@]HOST:PORT`.
-    #[arg(long = "in", value_name = "[NAME@]HOST:PORT")]
+    /// Address to listen on, `[NAME@]HOST:PORT`; or `file:PATH`, a framed file (like
+    /// gen_corpus.py's output) read once, after which the server exits 0.
+    #[arg(long = "in", value_name = "[NAME@]HOST:PORT|file:PATH")]
     pub input: String,
     /// Receiver to send output lines to, `HOST:PORT`.
     #[arg(long = "out", value_name = "HOST:PORT")]
@@ -96,6 +99,73 @@ pub struct ServeArgs {
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
     #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
+    /// Checkpoint every count (and a file source's read position) into DIR, and on start
+    /// resume from the newest checkpoint in it. A TCP source cannot replay: frames received
+    /// after the last checkpoint before a crash are lost unless resent.
+    #[arg(long, value_name = "DIR")]
+    pub resilience_dir: Option<PathBuf>,
+    /// Time between checkpoints with --resilience-dir: `1s`, `250ms`, `2m`, or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Open connections each core accepts; further ones are closed at once, unread (logged,
+    /// counted in connections_refused).
+    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections_per_core)]
+    pub max_connections_per_core: usize,
+    /// Close a connection that sent part of a frame and then nothing for this long (slow
+    /// loris); its partial frame is dropped. Connections idle between frames stay open.
+    /// Seconds (`30`, `0.5`) or `500ms`, `2m`.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Bytes of output each core holds for a slow or absent receiver before it stops reading
+    /// its sources (TCP flow control then slows the senders).
+    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().sink_buffer)]
+    pub sink_buffer: usize,
+    /// After SIGINT/SIGTERM, how long an unreachable or stalled receiver may take nothing before
+    /// the output still held for it is dropped (the server then exits 1, saying how much).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// The limits given on the command line.
+    pub fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            max_connections_per_core: self.max_connections_per_core,
+            idle_timeout: self.idle_timeout,
+            sink_buffer: self.sink_buffer,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// Parses a duration: a number of seconds (`1.5`), or a number with `ms`, `s`, `m` or `h`.
+///
+/// ```
+/// use bettong::cli::parse_duration;
+/// use std::time::Duration;
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+/// assert!(parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{s:?} is not a duration (use e.g. 500ms, 1s, 2m)")),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v * scale).ok())
+        .ok_or_else(|| format!("{s:?} is not a duration (use e.g. 500ms, 1s, 2m)"))
 }
 
 /// `bettong send`.

@@ -26,6 +26,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
         output: receiver.local_addr().to_string(),
         cores: args.cores,
         max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
+        resilience_dir: None,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        limits: Default::default(),
     })?;
     let addr = server
         .local_addr()

@@ -21,10 +21,13 @@ fn main() -> ExitCode {
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
         Command::Serve(a) => bettong::serve::serve(&bettong::serve::ServeOptions {
+            limits: a.limits(),
             input: a.input,
             output: a.output,
             cores: a.cores,
             max_frame: a.max_frame,
+            resilience_dir: a.resilience_dir,
+            checkpoint_interval: a.checkpoint_interval,
         }),
         Command::Send(a) => a
             .to_options(std::io::stderr().is_terminal())

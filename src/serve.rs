@@ -1,13 +1,21 @@
 //! `bettong serve`: the word-count server, and the address parsing and signal handling it needs.
 //!
-//! The server runs [`crate::app::word_count`] on every core with the TCP source on `--in` and the
-//! TCP sink on `--out`. SIGINT or SIGTERM stops it gracefully (stop accepting, finish the frames
-//! received, flush every sink connection, exit 0); a second signal exits at once.
+//! The server runs [`crate::app::word_count`] on every core with the TCP source on `--in` (or a
+//! framed file, `--in file:PATH`) and the TCP sink on `--out`. SIGINT or SIGTERM stops it
+//! gracefully (stop accepting, finish the frames received, flush every sink connection, exit 0);
+//! a second signal exits at once. With only a file source it also exits 0 once the file is read
+//! and all output flushed. With `--resilience-dir` it checkpoints all counts (and the file's read
+//! positions) and resumes from the newest checkpoint when restarted.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bettong_engine::{Engine, Running, SinkConfig, SourceConfig, TcpSinkConfig, TcpSourceConfig};
+use bettong_engine::{
+    Checkpoints, Engine, FileSourceConfig, Running, SinkConfig, SourceConfig, TcpSinkConfig,
+    TcpSourceConfig,
+};
 
 /// What `bettong serve` needs.
 #[derive(Debug, Clone)]
@@ -20,6 +28,41 @@ pub struct ServeOptions {
     pub cores: Option<usize>,
     /// Largest accepted frame payload, in bytes.
     pub max_frame: usize,
+    /// Checkpoint directory (`--resilience-dir`): restore from it at start, checkpoint into it.
+    pub resilience_dir: Option<PathBuf>,
+    /// Time between checkpoints (`--checkpoint-interval`).
+    pub checkpoint_interval: Duration,
+    /// Connection, timeout and sink limits (`--max-connections-per-core`, `--idle-timeout`,
+    /// `--sink-buffer`, `--shutdown-grace`).
+    pub limits: ServeLimits,
+}
+
+/// The limits that keep the server's memory bounded and its stop bounded in time, whatever
+/// clients and the receiver do. [`Default`] gives the engine's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Open source connections per core; more are closed at once, unread.
+    pub max_connections_per_core: usize,
+    /// A source connection that sent part of a frame and then nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bytes of output each core holds for a slow or absent receiver before sources wait.
+    pub sink_buffer: usize,
+    /// After SIGINT/SIGTERM, how long an unreachable or stalled receiver may take nothing
+    /// before the held output is dropped (and the server exits 1, saying how much).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        let source = TcpSourceConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let sink = TcpSinkConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        ServeLimits {
+            max_connections_per_core: source.max_connections_per_core,
+            idle_timeout: source.idle_timeout,
+            sink_buffer: sink.max_held_bytes,
+            shutdown_grace: sink.shutdown_grace,
+        }
+    }
 }
 
 /// Splits Wallaroo's `name@host:port` form into its optional name and the address.
@@ -53,7 +96,6 @@ pub fn resolve(addr: &str, flag: &str) -> Result<SocketAddr> {
 
 /// Starts the word-count server and returns it running (tests and the bench use this).
 pub fn start_server(opts: &ServeOptions) -> Result<Running> {
-    let (name, input) = parse_input(&opts.input)?;
     let output = resolve(&opts.output, "--out")?;
     if opts.max_frame == 0 || opts.max_frame > u32::MAX as usize {
         bail!(
@@ -62,29 +104,66 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
             u32::MAX
         );
     }
-    let mut source = TcpSourceConfig::new(input);
-    source.max_frame = opts.max_frame;
+    let limits = &opts.limits;
+    if limits.max_connections_per_core == 0 {
+        bail!("--max-connections-per-core 0 would refuse every connection: it must be at least 1");
+    }
+    if limits.idle_timeout.is_zero() {
+        bail!("--idle-timeout must be above zero");
+    }
+    if limits.sink_buffer == 0 {
+        bail!("--sink-buffer 0 is out of range: it must be at least 1 byte");
+    }
+    let (name, source) = match opts.input.strip_prefix("file:") {
+        Some("") => bail!("--in file: needs a path, as in --in file:/data/corpus.bin"),
+        Some(path) => {
+            let mut f = FileSourceConfig::new(path);
+            f.max_frame = opts.max_frame;
+            (None, SourceConfig::File(f))
+        }
+        None => {
+            let (name, input) = parse_input(&opts.input)?;
+            let mut source = TcpSourceConfig::new(input);
+            source.max_frame = opts.max_frame;
+            source.max_connections_per_core = limits.max_connections_per_core;
+            source.idle_timeout = limits.idle_timeout;
+            (name, SourceConfig::Tcp(source))
+        }
+    };
     let mut engine = Engine::new();
     if let Some(n) = opts.cores {
         engine = engine.cores(n);
     }
-    let running = engine
-        .start(
-            crate::app::word_count(),
-            SourceConfig::Tcp(source),
-            SinkConfig::Tcp(TcpSinkConfig::new(output)),
-        )
-        .with_context(|| format!("starting the word-count server on {}", opts.input))?;
-    tracing::info!(
-        source = name.as_deref().unwrap_or("-"),
-        "listening on {} with {} cores (CPUs {:?}); output to {output}",
-        running
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        running.cpus().len(),
-        running.cpus()
-    );
+    let mut sink = TcpSinkConfig::new(output);
+    sink.max_held_bytes = limits.sink_buffer;
+    sink.shutdown_grace = limits.shutdown_grace;
+    let sink = SinkConfig::Tcp(sink);
+    let started = match &opts.resilience_dir {
+        Some(dir) => {
+            if opts.checkpoint_interval.is_zero() {
+                bail!("--checkpoint-interval must be above zero");
+            }
+            let checkpoints = Checkpoints::new(dir).interval(opts.checkpoint_interval);
+            engine.start_with_checkpoints(crate::app::word_count(), source, sink, checkpoints)
+        }
+        None => engine.start(crate::app::word_count(), source, sink),
+    };
+    let running =
+        started.with_context(|| format!("starting the word-count server on {}", opts.input))?;
+    match running.local_addr() {
+        Some(addr) => tracing::info!(
+            source = name.as_deref().unwrap_or("-"),
+            "listening on {addr} with {} cores (CPUs {:?}); output to {output}",
+            running.cpus().len(),
+            running.cpus()
+        ),
+        None => tracing::info!(
+            "reading {} with {} cores (CPUs {:?}); output to {output}; exits once it is read",
+            opts.input,
+            running.cpus().len(),
+            running.cpus()
+        ),
+    }
     Ok(running)
 }
 
@@ -126,5 +205,29 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         t.outputs,
         t.bytes_out
     );
+    tracing::info!("final metrics: {t}");
+    if opts.resilience_dir.is_some() && t.checkpoints > 0 {
+        tracing::info!(
+            "checkpoint pauses: longest {:.3} ms, mean {:.3} ms over {} core snapshots",
+            report
+                .metrics
+                .iter()
+                .map(|m| m.checkpoint_pause_us_max)
+                .max()
+                .unwrap_or(0) as f64
+                / 1e3,
+            t.checkpoint_pause_us_total as f64 / t.checkpoints as f64 / 1e3,
+            t.checkpoints
+        );
+    }
+    if t.sink_bytes_dropped > 0 {
+        bail!(
+            "{} bytes of output were never written: the receiver at {} stayed unreachable or \
+             took nothing for {:?} after the stop (--shutdown-grace)",
+            t.sink_bytes_dropped,
+            opts.output,
+            opts.limits.shutdown_grace
+        );
+    }
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! - [`routing`]: key hash → owner core, and the batches that cross cores.
 //! - [`state`]: one core's shard of keyed state.
 //! - [`codec`]: the length-prefixed framing, decoded in place.
-//! - [`source`], [`sink`]: where frames come from and output goes (TCP or memory).
+//! - [`source`], [`sink`]: where frames come from and output goes (TCP, a framed file, memory).
+//! - [`checkpoint`]: consistent checkpoints of all state, and recovery from them.
 //! - [`metrics`]: per-core counters; [`shutdown`]: how a stop request reaches every task.
 //!
 //! ```
@@ -38,8 +39,10 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod codec;
 mod error;
+mod file_source;
 mod memory;
 pub mod metrics;
 mod net;
@@ -54,7 +57,9 @@ pub mod state;
 mod uring;
 mod worker;
 
+pub use checkpoint::{Checkpoints, Persist};
 pub use error::Error;
+pub use file_source::FileSourceConfig;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use pipeline::{App, Pipeline};
 pub use runtime::{online_cpus, Engine, Report, Running};

@@ -62,6 +62,10 @@ counters! {
     connections_oversized,
     /// Connections that ended inside a frame (the partial frame was dropped).
     connections_truncated,
+    /// Connections closed at once because the core already had `max_connections_per_core`.
+    connections_refused,
+    /// Connections closed because they sent part of a frame and then nothing for `idle_timeout`.
+    connections_idle_closed,
     /// Frames decoded (valid or not).
     frames_in,
     /// Frames rejected whole because their payload was not valid UTF-8.
@@ -94,6 +98,22 @@ counters! {
     sink_connect_failures,
     /// Bytes handed to a sink connection that then broke: they may not have arrived.
     sink_bytes_at_risk,
+    /// Bytes of output never written: the sink stayed unreachable (or took nothing) for
+    /// `shutdown_grace` after a stop was requested.
+    sink_bytes_dropped,
+    /// Checkpoint snapshots this core took.
+    checkpoints,
+    /// How long the last checkpoint stopped this core's data path (µs): the time to copy its
+    /// shard out at the cut. Nothing else waits for a checkpoint.
+    checkpoint_pause_us_last,
+    /// The longest such pause so far (µs).
+    checkpoint_pause_us_max,
+    /// All such pauses added up (µs): divided by `checkpoints`, the mean pause.
+    checkpoint_pause_us_total,
+    /// Records in flight to this core at the last checkpoint's cut, saved with its snapshot.
+    checkpoint_in_flight_last,
+    /// Bytes of this core's last snapshot.
+    checkpoint_bytes_last,
 }
 
 impl CoreMetrics {
@@ -144,11 +164,35 @@ impl LatencyRecorder {
     }
 }
 
+/// Checkpoints as the coordinator sees them (engine-wide, zero when checkpoints are off).
+#[derive(Debug, Default)]
+pub struct CheckpointMetrics {
+    /// Checkpoints committed by this run (the final one included).
+    pub committed: AtomicU64,
+    /// Checkpoints that failed to commit (I/O errors, a sink that never took the output).
+    pub failed: AtomicU64,
+    /// Id of the last committed checkpoint.
+    pub last_id: AtomicU64,
+    /// When the last committed checkpoint was asked for, in ms since the Unix epoch.
+    pub last_unix_ms: AtomicU64,
+    /// The longest pause of any core in the last committed checkpoint (µs).
+    pub last_pause_us: AtomicU64,
+    /// The longest pause of any core in any checkpoint of this run (µs).
+    pub max_pause_us: AtomicU64,
+    /// Time to write and commit the last checkpoint once every snapshot was in (µs).
+    pub last_commit_us: AtomicU64,
+    /// Bytes of the last committed checkpoint's shard files.
+    pub last_bytes: AtomicU64,
+    /// Id of the checkpoint this run restored from (0: none).
+    pub restored_id: AtomicU64,
+}
+
 /// Every core's metrics, shared between the cores and whoever watches them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     cores: Arc<[CoreMetrics]>,
     latency: Arc<[LatencyRecorder]>,
+    checkpoints: Arc<CheckpointMetrics>,
 }
 
 impl Metrics {
@@ -157,7 +201,13 @@ impl Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             latency: (0..cores).map(|_| LatencyRecorder::default()).collect(),
+            checkpoints: Arc::default(),
         }
+    }
+
+    /// Engine-wide checkpoint counters (per-core pauses are in each core's counters).
+    pub fn checkpoints(&self) -> &CheckpointMetrics {
+        &self.checkpoints
     }
 
     /// Core `i`'s latency recorder.

@@ -155,6 +155,9 @@ pub enum Envelope<V> {
     Batch(Batch<V>),
     /// The sending core has delivered everything it will ever send: its sources are finished.
     Done,
+    /// Checkpoint barrier: every record the sending core read before its cut for this
+    /// checkpoint came before it on this ring, and every record after, after it.
+    Barrier(u64),
 }
 
 #[cfg(test)]

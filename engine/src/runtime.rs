@@ -9,13 +9,18 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use futures_lite::future::or;
 use glommio::channels::channel_mesh::FullMesh;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
+use crate::checkpoint::{
+    describe_source, scan, Checkpoints, Codec, Coordinator, CoordinatorConfig, CoreCheckpoint,
+    Decoders, Link, Persist, SourceKind, Valid,
+};
+use crate::file_source::{self, run_file_source, FilePlan};
 use crate::memory::run_memory_source;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::net::{bind, run_tcp_source};
@@ -23,8 +28,9 @@ use crate::pipeline::App;
 use crate::routing::{Envelope, Router};
 use crate::shutdown::{Shutdown, StopHandle};
 use crate::sink::{run_memory_sink, run_tcp_sink, SinkConfig, SinkPort};
-use crate::source::SourceConfig;
-use crate::worker::{drain_peer, Worker};
+use crate::source::{IoBackend, SourceConfig};
+use crate::uring;
+use crate::worker::{drain_peer, run_initiator, Worker};
 use crate::Error;
 
 /// Builds and starts engines.
@@ -125,6 +131,83 @@ impl Engine {
         source: SourceConfig,
         sink: SinkConfig,
     ) -> Result<Running, Error> {
+        self.launch(app, source, sink, None)
+    }
+
+    /// Like [`Engine::start`], with consistent checkpoints of all state (see
+    /// [`crate::checkpoint`]). First restores the newest usable checkpoint in the directory, if
+    /// any, re-sharded onto this engine's cores, before any input is read. A
+    /// [file source](SourceConfig::File) resumes from its read positions in it (exactly-once
+    /// state); a TCP source cannot replay, so frames received after the checkpoint are lost; a
+    /// memory source is fed again from its start on top of the restored state.
+    ///
+    /// ```
+    /// use bettong_engine::{Checkpoints, Engine, FileSourceConfig, Pipeline, SinkConfig, SourceConfig};
+    /// # let dir = std::env::temp_dir().join(format!("bettong-doc-ck-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let file = dir.join("in.bin");
+    /// let mut framed = Vec::new();
+    /// bettong_engine::codec::encode_frame(b"a b a", &mut framed);
+    /// std::fs::write(&file, &framed).unwrap();
+    /// let pipeline = Pipeline::text()
+    ///     .flat_map(|t, emit| t.split(' ').for_each(|w| emit(w.into())))
+    ///     .key_by(|w| (w, ()))
+    ///     .state(|_w: &str, n: &mut u64, ()| { *n += 1; Some(*n) })
+    ///     .encode(|w, n, out| out.extend_from_slice(format!("{w}={n}\n").as_bytes()));
+    /// let run = || Engine::new().cores(1).run_with_checkpoints(
+    ///     pipeline.clone(),
+    ///     SourceConfig::File(FileSourceConfig::new(&file)),
+    ///     SinkConfig::Memory,
+    ///     Checkpoints::new(dir.join("ck")),
+    /// );
+    /// assert_eq!(run()?.output_lines().count(), 3);
+    /// // The final checkpoint says the file was read: a second run resumes at its end.
+    /// assert_eq!(run()?.output_lines().count(), 0);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), bettong_engine::Error>(())
+    /// ```
+    pub fn start_with_checkpoints<A: App>(
+        self,
+        app: A,
+        source: SourceConfig,
+        sink: SinkConfig,
+        checkpoints: Checkpoints,
+    ) -> Result<Running, Error>
+    where
+        A::State: Persist,
+        A::Value: Persist,
+    {
+        self.launch(
+            app,
+            source,
+            sink,
+            Some((checkpoints, (Codec::of(), Codec::of()))),
+        )
+    }
+
+    /// [`Engine::start_with_checkpoints`], then waits until the engine finishes.
+    pub fn run_with_checkpoints<A: App>(
+        self,
+        app: A,
+        source: SourceConfig,
+        sink: SinkConfig,
+        checkpoints: Checkpoints,
+    ) -> Result<Report, Error>
+    where
+        A::State: Persist,
+        A::Value: Persist,
+    {
+        self.start_with_checkpoints(app, source, sink, checkpoints)?
+            .join()
+    }
+
+    fn launch<A: App>(
+        self,
+        app: A,
+        source: SourceConfig,
+        sink: SinkConfig,
+        checkpoints: Option<(Checkpoints, Codecs<A>)>,
+    ) -> Result<Running, Error> {
         let cpus = online_cpus();
         let n = self.cores.unwrap_or(cpus.len());
         if n == 0 {
@@ -148,11 +231,70 @@ impl Engine {
         };
         let local_addr = match &source {
             SourceConfig::Tcp(cfg) => Some(cfg.addr),
-            SourceConfig::Memory(_) => None,
+            _ => None,
         };
         let stop = StopHandle::new();
         let metrics = Metrics::new(n);
         let router = Router::new(n, self.seed);
+        let recovery = match &checkpoints {
+            Some((cfg, codecs)) => Some(recover::<A>(cfg, codecs, &source, &router, &metrics)?),
+            None => None,
+        };
+        let file_plan = match &source {
+            SourceConfig::File(cfg) => {
+                let resume = recovery
+                    .as_ref()
+                    .and_then(|r| r.valid.as_ref())
+                    .map(|v| &v.manifest.source);
+                let plan = file_source::plan(cfg, n, resume)?;
+                tracing::info!(
+                    "reading file:{} ({} bytes of frames) on {n} cores: {} bytes left to read \
+                     in {} ranges",
+                    plan.path.display(),
+                    plan.len,
+                    plan.remaining(),
+                    plan.per_core.iter().map(Vec::len).sum::<usize>()
+                );
+                Some(plan)
+            }
+            _ => None,
+        };
+        let (coordinator, ck_setup) = match (checkpoints, recovery) {
+            (Some((cfg, codecs)), Some(rec)) => {
+                let source_kind = match (&file_plan, &source) {
+                    (Some(p), _) => SourceKind::File {
+                        path: p.path.clone(),
+                        len: p.len,
+                    },
+                    (None, SourceConfig::Tcp(_)) => SourceKind::Unreplayable("tcp".into()),
+                    (None, _) => SourceKind::Unreplayable("memory".into()),
+                };
+                let restored_id = rec.valid.as_ref().map(|v| v.manifest.id);
+                let parts: Arc<[(Vec<u8>, Vec<u8>)]> = match &rec.valid {
+                    Some(v) => v.reshard(&router).into(),
+                    None => vec![(Vec::new(), Vec::new()); n].into(),
+                };
+                let (coordinator, link) = Coordinator::start(CoordinatorConfig {
+                    dir: cfg.dir.clone(),
+                    interval: cfg.interval,
+                    keep: cfg.keep,
+                    cores: n,
+                    next_id: rec.next_id,
+                    restored: restored_id,
+                    source: source_kind,
+                    metrics: metrics.clone(),
+                })?;
+                let setup = CoreCkSetup {
+                    link,
+                    codecs,
+                    last_id: rec.next_id - 1,
+                    restored: parts,
+                };
+                (Some(coordinator), Some(setup))
+            }
+            _ => (None, None),
+        };
+        let file_plan = file_plan.map(Arc::new);
         let mesh = FullMesh::<Envelope<A::Value>>::full(n, self.ring_capacity);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(n);
@@ -168,6 +310,8 @@ impl Engine {
                 ready: ready_tx.clone(),
                 sink_queue: self.sink_queue,
                 cores: n,
+                ck: ck_setup.clone(),
+                file: file_plan.clone(),
             };
             let mut builder =
                 LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("bettong-{i}"));
@@ -178,6 +322,9 @@ impl Engine {
                 Ok(h) => threads.push(h),
                 Err(e) => {
                     stop.stop();
+                    if let Some(c) = &coordinator {
+                        c.abort();
+                    }
                     return Err(Error::Executor {
                         core: i,
                         cpu,
@@ -204,9 +351,16 @@ impl Engine {
             metrics,
             local_addr,
             cpus: cpus[..n].to_vec(),
+            coordinator,
         };
+        if let (None, Some(c)) = (&first_error, &running.coordinator) {
+            c.started();
+        }
         match first_error {
             Some(e) => {
+                if let Some(c) = &running.coordinator {
+                    c.abort();
+                }
                 running.stop();
                 let _ = running.join();
                 Err(e)
@@ -267,6 +421,105 @@ struct CoreSetup<A: App> {
     ready: mpsc::Sender<Result<(), Error>>,
     sink_queue: usize,
     cores: usize,
+    /// Checkpointing, when on: the link to the coordinator and the state this core restores.
+    ck: Option<CoreCkSetup<A>>,
+    /// With a file source: which ranges each core reads.
+    file: Option<Arc<FilePlan>>,
+}
+
+/// How a pipeline's state and values are written into checkpoints.
+type Codecs<A> = (Codec<<A as App>::State>, Codec<<A as App>::Value>);
+
+/// A core's checkpointing setup.
+struct CoreCkSetup<A: App> {
+    link: Link,
+    codecs: Codecs<A>,
+    /// The last checkpoint id before this run's first one.
+    last_id: u64,
+    /// Restored `(key, state)` entries and in-flight `(key, value)` records, by owner core.
+    restored: Arc<[(Vec<u8>, Vec<u8>)]>,
+}
+
+impl<A: App> Clone for CoreCkSetup<A> {
+    fn clone(&self) -> Self {
+        CoreCkSetup {
+            link: self.link.clone(),
+            codecs: self.codecs,
+            last_id: self.last_id,
+            restored: self.restored.clone(),
+        }
+    }
+}
+
+/// What [`recover`] found.
+struct Recovery {
+    valid: Option<Valid>,
+    next_id: u64,
+}
+
+/// Opens (or creates) the checkpoint directory and finds the newest usable checkpoint in it,
+/// logging what is restored, how old it is, and what a TCP source loses.
+fn recover<A: App>(
+    cfg: &Checkpoints,
+    codecs: &Codecs<A>,
+    source: &SourceConfig,
+    router: &Router,
+    metrics: &Metrics,
+) -> Result<Recovery, Error> {
+    let dir = &cfg.dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        what: format!("creating the checkpoint directory {}", dir.display()),
+        source: e,
+    })?;
+    let state = |b: &[u8]| codecs.0.decode(b).is_some();
+    let value = |b: &[u8]| codecs.1.decode(b).is_some();
+    let found = scan(
+        dir,
+        &Decoders {
+            state: &state,
+            value: &value,
+        },
+    )?;
+    match &found.latest {
+        Some(v) => {
+            let m = &v.manifest;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let age = Duration::from_millis(now.saturating_sub(m.created_unix_ms));
+            crate::metrics::CoreMetrics::set(&metrics.checkpoints().restored_id, m.id);
+            tracing::info!(
+                "restored checkpoint {} from {}: {} keys, taken {:.1} s ago on {} cores (now \
+                 re-sharded onto {}); its source was at {}",
+                m.id,
+                dir.display(),
+                v.keys(),
+                age.as_secs_f64(),
+                m.cores,
+                router.cores(),
+                describe_source(&m.source)
+            );
+            if let SourceConfig::Tcp(t) = source {
+                tracing::warn!(
+                    "the TCP source on {} cannot replay: frames that reached the server after \
+                     checkpoint {} (its last {:.1} s before the restart) are lost unless their \
+                     senders send them again; counts resume from the checkpoint",
+                    t.addr,
+                    m.id,
+                    age.as_secs_f64()
+                );
+            }
+        }
+        None => tracing::info!(
+            "no usable checkpoint in {}: starting from empty state",
+            dir.display()
+        ),
+    }
+    Ok(Recovery {
+        valid: found.latest,
+        next_id: found.max_id + 1,
+    })
 }
 
 /// What a core thread hands back: its index and its memory-sink output.
@@ -299,14 +552,23 @@ async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
             })
         }
     };
-    let worker = Rc::new(Worker::new(
-        s.app,
-        s.router,
-        senders,
-        port,
-        s.metrics,
-        shutdown.clone(),
-    ));
+    let mut worker = Worker::new(s.app, s.router, senders, port, s.metrics, shutdown.clone());
+    if let Some(ck) = &s.ck {
+        worker = worker.with_checkpoints(CoreCheckpoint::new(
+            index,
+            s.cores,
+            ck.link.clone(),
+            ck.codecs,
+            ck.last_id,
+        ));
+        // Before any input is read (peers' batches wait in the rings until the drains start).
+        let (state, in_flight) = &ck.restored[index];
+        worker.restore(state, in_flight);
+    }
+    let worker = Rc::new(worker);
+    let initiator =
+        s.ck.as_ref()
+            .map(|_| glommio::spawn_local(run_initiator(worker.clone())));
     let receivers = Rc::new(receivers);
     let drains: Vec<_> = (0..s.cores)
         .filter(|&p| p != index)
@@ -321,18 +583,42 @@ async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
     });
 
     match s.source {
-        SourceConfig::Tcp(cfg) => match bind(&cfg, index) {
-            Ok(listener) => {
-                let _ = s.ready.send(Ok(()));
-                run_tcp_source(worker.clone(), listener, cfg).await;
+        SourceConfig::Tcp(cfg) => {
+            // io_uring sockets unless glommio's were chosen or io_uring is unavailable here.
+            let uring = match cfg.io {
+                IoBackend::Uring => uring::listen(&cfg, index),
+                IoBackend::Glommio => Ok(None),
+            };
+            match uring {
+                Ok(Some(listener)) => {
+                    let _ = s.ready.send(Ok(()));
+                    uring::run_tcp_source(worker.clone(), listener, cfg).await;
+                }
+                Ok(None) => match bind(&cfg, index) {
+                    Ok(listener) => {
+                        let _ = s.ready.send(Ok(()));
+                        run_tcp_source(worker.clone(), listener, cfg).await;
+                    }
+                    Err(e) => {
+                        let _ = s.ready.send(Err(e));
+                    }
+                },
+                Err(e) => {
+                    let _ = s.ready.send(Err(e));
+                }
             }
-            Err(e) => {
-                let _ = s.ready.send(Err(e));
-            }
-        },
+        }
         SourceConfig::Memory(src) => {
             let _ = s.ready.send(Ok(()));
             run_memory_source(worker.clone(), src, s.cores).await;
+        }
+        SourceConfig::File(cfg) => {
+            let _ = s.ready.send(Ok(()));
+            let (path, ranges) = match &s.file {
+                Some(plan) => (plan.path.clone(), plan.per_core[index].clone()),
+                None => (cfg.path.clone(), Vec::new()),
+            };
+            run_file_source(worker.clone(), cfg, path, ranges).await;
         }
     }
     // The source is finished: deliver what it left in the outboxes, then tell the peers.
@@ -344,6 +630,10 @@ async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
             std::future::pending::<()>().await;
         })
         .await;
+    }
+    // Every input is finished: the final checkpoint (and any still asked of this core).
+    if let Some(initiator) = initiator {
+        worker.finish_checkpoints(initiator).await;
     }
     worker.sink.flush().await;
     worker.sink.close();
@@ -359,6 +649,7 @@ pub struct Running {
     metrics: Metrics,
     local_addr: Option<SocketAddr>,
     cpus: Vec<usize>,
+    coordinator: Option<Coordinator>,
 }
 
 impl Running {
@@ -408,6 +699,10 @@ impl Running {
                     });
                 }
             }
+        }
+        // The final checkpoint is committed once every core has handed its state over.
+        if let Some(c) = self.coordinator {
+            c.finish();
         }
         if let Some(e) = failure {
             return Err(e);

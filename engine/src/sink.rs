@@ -1,14 +1,16 @@
 //! Sinks: where each core's encoded output goes.
 //!
-//! Every core has one [`SinkPort`]: tasks on the core append encoded output to its current chunk,
+//! Every core has one `SinkPort`: tasks on the core append encoded output to its current chunk,
 //! and each read or batch hands the chunk to the core's sink writer over a bounded local queue.
-//! The bound is the backpressure: when the writer falls behind (a slow or absent receiver), the
-//! tasks that produce output wait, sources stop reading, and TCP flow control pushes back on the
-//! senders. Since one core's output all goes through one writer in order, every key's outputs
-//! leave on one connection in the order they were produced.
+//! The bound (chunks, and bytes: [`TcpSinkConfig::max_held_bytes`]) is the backpressure: when the
+//! writer falls behind (a slow or absent receiver), the tasks that produce output wait, sources
+//! stop reading, and TCP flow control pushes back on the senders. Since one core's output all
+//! goes through one writer in order, every key's outputs leave on one connection in the order
+//! they were produced.
 //!
 //! The TCP writer opens its own connection to the sink address, retries with capped backoff when
-//! the receiver is not there or goes away, and logs each change of state once.
+//! the receiver is not there or goes away, holds the output meanwhile, and logs each change of
+//! state once; `run_tcp_sink` says exactly what it promises about output across a break.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -45,19 +47,38 @@ pub struct TcpSinkConfig {
     pub min_backoff: Duration,
     /// Longest delay between connection attempts.
     pub max_backoff: Duration,
-    /// After a stop was requested, how long to keep trying to deliver held output to a sink
-    /// that is down before giving up on it (and saying how much was dropped).
+    /// After a stop was requested, how long the sink may stay unreachable, or take no byte of a
+    /// write, before the core gives up on it (dropping what it still holds, counted in
+    /// `sink_bytes_dropped` and logged).
     pub shutdown_grace: Duration,
+    /// Most bytes of output each core holds for its sink (handed to the writer and not yet
+    /// written) before the tasks producing output wait, and with them the sources: this bounds a
+    /// core's output memory while the receiver is slow, stalled or away. One chunk larger than
+    /// this (the output of one read or batch) still goes through, alone.
+    pub max_held_bytes: usize,
+    /// The byte that ends every output record (`\n` for line-oriented output such as word
+    /// count's), or None. When a connection breaks in the middle of a record, the writer sends
+    /// that whole record again on the next connection, so the receiver never sees a record
+    /// spliced from two halves; complete records already written into the broken connection are
+    /// not sent again (they are counted in `sink_bytes_at_risk`). With None, the next connection
+    /// goes on from the first byte not yet written.
+    pub record_end: Option<u8>,
 }
 
+/// The default [`TcpSinkConfig::max_held_bytes`]: 4 MiB per core.
+pub const DEFAULT_MAX_HELD_BYTES: usize = 4 << 20;
+
 impl TcpSinkConfig {
-    /// Default settings for a sink at `addr`.
+    /// Default settings for a sink at `addr`: backoff from 20 ms up to 2 s, 10 s of grace at a
+    /// stop, 4 MiB held per core, records ending in `\n`.
     pub fn new(addr: SocketAddr) -> Self {
         TcpSinkConfig {
             addr,
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
+            max_held_bytes: DEFAULT_MAX_HELD_BYTES,
+            record_end: Some(b'\n'),
         }
     }
 }
@@ -66,32 +87,56 @@ impl TcpSinkConfig {
 ///
 /// Producers append to the current chunk and call [`SinkPort::flush`], which waits until the
 /// queue has room and then enqueues the chunk without yielding, so chunks (and every key's
-/// outputs) reach the writer in the order they were produced.
+/// outputs) reach the writer in the order they were produced. The queue is full when it holds
+/// `depth` chunks or when the bytes handed to the writer and not yet written reach the writer's
+/// limit ([`SinkPort::limit_held`]); sources also wait for room before they read
+/// ([`SinkPort::wait_room`]), so a stalled sink stops the reading instead of piling up output.
 pub(crate) struct SinkPort {
     chunk: RefCell<Vec<u8>>,
     /// When the oldest input behind the current chunk's output arrived.
     chunk_born: Cell<Option<Instant>>,
     queue: RefCell<VecDeque<Chunk>>,
     depth: usize,
+    /// Bytes enqueued and not yet released by the writer (queued, or being written).
+    held: Cell<usize>,
+    /// The most bytes held before producers wait.
+    max_held: Cell<usize>,
     closed: Cell<bool>,
     /// Notified when a chunk is queued or the port closes.
     queued: Notify,
-    /// Notified when the writer takes a chunk.
+    /// Notified when the writer takes or finishes a chunk.
     room: Notify,
+    /// Notified when the port closes.
+    closing: Notify,
 }
 
 impl SinkPort {
-    /// A port whose queue holds up to `depth` chunks.
+    /// A port whose queue holds up to `depth` chunks (and any number of bytes until
+    /// [`SinkPort::limit_held`] says otherwise).
     pub(crate) fn new(depth: usize) -> Self {
         SinkPort {
             chunk: RefCell::new(Vec::new()),
             chunk_born: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             depth: depth.max(1),
+            held: Cell::new(0),
+            max_held: Cell::new(usize::MAX),
             closed: Cell::new(false),
             queued: Notify::default(),
             room: Notify::default(),
+            closing: Notify::default(),
         }
+    }
+
+    /// Sets the most bytes held for the writer before producers wait (at least 1).
+    pub(crate) fn limit_held(&self, bytes: usize) {
+        self.max_held.set(bytes.max(1));
+        self.room.notify();
+    }
+
+    /// Bytes handed to the writer and not yet written.
+    pub(crate) fn held(&self) -> usize {
+        self.held.get()
     }
 
     /// The chunk being filled. Never hold it across an await.
@@ -107,15 +152,33 @@ impl SinkPort {
         }
     }
 
+    /// True while producers must wait: the queue is full, or `extra` more bytes would take what
+    /// is held to the limit. Never true once the port is closed.
+    fn full(&self, extra: usize) -> bool {
+        !self.closed.get()
+            && (self.queue.borrow().len() >= self.depth
+                || self.held.get().saturating_add(extra) >= self.max_held.get())
+    }
+
+    /// Waits until the sink can take more output: what a source awaits before it reads, so a
+    /// slow sink stops the reading (and TCP flow control pushes back on the sender) instead of
+    /// output piling up in the current chunk.
+    pub(crate) async fn wait_room(&self) {
+        while self.full(self.chunk.borrow().len()) {
+            self.room.wait().await;
+        }
+    }
+
     /// Queues the current chunk for the writer, first waiting while the queue is full.
     pub(crate) async fn flush(&self) {
-        while self.queue.borrow().len() >= self.depth && !self.closed.get() {
+        while self.full(0) {
             self.room.wait().await;
         }
         let bytes = std::mem::take(&mut *self.chunk.borrow_mut());
         let born = self.chunk_born.take();
         if !bytes.is_empty() {
             let born = born.unwrap_or_else(Instant::now);
+            self.held.set(self.held.get() + bytes.len());
             self.queue.borrow_mut().push_back(Chunk { bytes, born });
             self.queued.notify();
         }
@@ -125,9 +188,24 @@ impl SinkPort {
     pub(crate) fn close(&self) {
         self.closed.set(true);
         self.queued.notify();
+        self.room.notify();
+        self.closing.notify();
     }
 
-    /// The writer's side: the next chunk, or None once the port is closed and drained.
+    /// True once the port is closed and every chunk was taken: no more output will come.
+    fn is_done(&self) -> bool {
+        self.closed.get() && self.queue.borrow().is_empty()
+    }
+
+    /// Resolves once the port is closed.
+    async fn wait_closed(&self) {
+        while !self.closed.get() {
+            self.closing.wait().await;
+        }
+    }
+
+    /// The writer's side: the next chunk, or None once the port is closed and drained. The
+    /// writer calls [`SinkPort::release`] with its length once it is done with it.
     pub(crate) async fn next(&self) -> Option<Chunk> {
         loop {
             if let Some(c) = self.queue.borrow_mut().pop_front() {
@@ -139,6 +217,12 @@ impl SinkPort {
             }
             self.queued.wait().await;
         }
+    }
+
+    /// The writer is done with `n` bytes (written, or dropped).
+    pub(crate) fn release(&self, n: usize) {
+        self.held.set(self.held.get().saturating_sub(n));
+        self.room.notify();
     }
 }
 
@@ -160,6 +244,7 @@ pub(crate) async fn run_memory_sink(
     let latency = metrics.latency(core);
     let mut all = Vec::new();
     while let Some(Chunk { bytes: chunk, born }) = rx.next().await {
+        rx.release(chunk.len());
         CoreMetrics::add(&m.bytes_out, chunk.len() as u64);
         latency.record(born);
         if !keep {
@@ -175,6 +260,23 @@ pub(crate) async fn run_memory_sink(
 }
 
 /// Drains a core's output into its TCP connection, reconnecting as needed.
+///
+/// What it promises, per core:
+/// - it connects at the start and again at once after a break, output or not, so the sink's
+///   state is known (and logged) before output needs it;
+/// - output goes out in the order it was produced, on one connection at a time;
+/// - while the sink is unreachable it retries with capped exponential backoff and holds the
+///   output (at most [`TcpSinkConfig::max_held_bytes`], then the sources wait), and writes all of
+///   it once the sink is back;
+/// - when a connection breaks, the complete records already written into it are not written
+///   again: those the receiver had not read are lost, and they are counted in
+///   `sink_bytes_at_risk` and named (with both addresses) in the log; a record the break cut in
+///   two is written again whole on the next connection;
+/// - every change of state (connected, unreachable, broken, connected again, given up) is
+///   logged once, not once per attempt;
+/// - after a stop request it gives up on a sink that stays unreachable, or takes no byte of a
+///   write, for [`TcpSinkConfig::shutdown_grace`], counting what it drops in
+///   `sink_bytes_dropped`.
 pub(crate) async fn run_tcp_sink(
     cfg: TcpSinkConfig,
     rx: Rc<SinkPort>,
@@ -182,117 +284,239 @@ pub(crate) async fn run_tcp_sink(
     core: usize,
     shutdown: Shutdown,
 ) {
+    rx.limit_held(cfg.max_held_bytes);
     let m = metrics.core(core);
-    let mut conn = Connector::new(&cfg, core);
-    let mut stream: Option<TcpStream> = None;
-    // Set once the sink stayed unreachable past the shutdown grace: the rest is counted, not sent.
-    let mut dropped: Option<usize> = None;
     let latency = metrics.latency(core);
-    while let Some(Chunk { bytes: chunk, born }) = rx.next().await {
-        let mut written = 0;
-        while written < chunk.len() {
-            if let Some(d) = dropped.as_mut() {
-                *d += chunk.len() - written;
-                break;
+    let mut link = Link::new(&cfg, core);
+    let mut gave_up = false;
+    let mut dropped = 0usize;
+    loop {
+        // Connected whenever possible, output or not: at the start, and again at once after a
+        // break, so that the state of the sink is known (and logged) before output needs it.
+        if link.conn.is_none() && !gave_up {
+            match link.connect(m, &rx, &shutdown, false).await {
+                Connect::Up => {}
+                Connect::GaveUp => gave_up = true,
+                Connect::Finished => break,
             }
-            let s = match stream.as_mut() {
-                Some(s) => s,
-                None => match conn.connect(m, &shutdown).await {
-                    Some(s) => stream.insert(s),
-                    None => {
-                        dropped = Some(0);
-                        continue;
+        }
+        // While there is nothing to write, watch the connection: a receiver that closes or
+        // resets it is noticed now (and logged, and reconnected to), not at the next write,
+        // which would otherwise go into a dead connection.
+        let next = match link.conn.as_mut() {
+            Some(conn) => {
+                futures_lite::future::or(async { Ok(rx.next().await) }, async {
+                    Err(peer_gone(&mut conn.stream).await)
+                })
+                .await
+            }
+            None => Ok(rx.next().await),
+        };
+        let Chunk { bytes, born } = match next {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                link.broke(m, e, 0);
+                continue;
+            }
+        };
+        let mut pos = 0;
+        while pos < bytes.len() && !gave_up {
+            if link.conn.is_none() {
+                match link.connect(m, &rx, &shutdown, true).await {
+                    Connect::Up => {}
+                    Connect::GaveUp | Connect::Finished => {
+                        gave_up = true;
+                        break;
                     }
-                },
-            };
-            match s.write(&chunk[written..]).await {
-                Ok(0) => {
-                    conn.broke(m, written, io::Error::from(io::ErrorKind::WriteZero));
-                    stream = None;
                 }
-                Ok(n) => {
-                    written += n;
+            }
+            match link.write(&bytes[pos..], &shutdown).await {
+                Wrote::Bytes(n) => {
+                    pos += n;
                     CoreMetrics::add(&m.bytes_out, n as u64);
-                    if written == chunk.len() {
+                    if pos == bytes.len() {
                         latency.record(born);
                     }
                 }
-                Err(e) => {
-                    conn.broke(m, written, e);
-                    stream = None;
+                Wrote::Failed(e) => {
+                    // Rewind to the start of the record the break cut, if any.
+                    let cut = match cfg.record_end {
+                        Some(end) => {
+                            pos - bytes[..pos]
+                                .iter()
+                                .rposition(|&b| b == end)
+                                .map_or(0, |i| i + 1)
+                        }
+                        None => 0,
+                    };
+                    link.broke(m, e, cut);
+                    pos -= cut;
+                }
+                Wrote::Stalled => {
+                    link.stalled();
+                    gave_up = true;
                 }
             }
         }
+        if gave_up {
+            let n = bytes.len() - pos;
+            dropped += n;
+            CoreMetrics::add(&m.sink_bytes_dropped, n as u64);
+        }
+        rx.release(bytes.len());
     }
-    if let Some(d) = dropped {
+    if dropped > 0 {
         tracing::error!(
             core,
             sink = %cfg.addr,
-            "gave up on sink {}: still unreachable {:?} after the stop request; dropped {d} bytes \
-             of output held for it",
+            "core {core}: dropped {dropped} bytes of output held for sink {}: it stayed \
+             unreachable or took nothing for {:?} after the stop request (counted in \
+             sink_bytes_dropped)",
             cfg.addr,
             cfg.shutdown_grace
         );
     }
-    if let Some(mut s) = stream {
-        if let Err(e) = s.flush().await {
-            tracing::warn!(core, sink = %cfg.addr, "flushing sink {} on exit failed: {e}", cfg.addr);
+    link.close().await;
+}
+
+/// Resolves when the receiver closes or resets `stream` (it is not expected to send anything;
+/// whatever it does send is read and ignored).
+async fn peer_gone(stream: &mut TcpStream) -> io::Error {
+    use futures_lite::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the receiver closed the connection",
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return e,
         }
-        let _ = s.close().await;
     }
 }
 
-/// Connection attempts with capped exponential backoff, logging each change of state once.
-struct Connector<'a> {
+/// How an attempt to (re)connect ended.
+enum Connect {
+    /// Connected.
+    Up,
+    /// A stop was requested and the sink stayed unreachable for the shutdown grace.
+    GaveUp,
+    /// The port closed with nothing left to deliver: there is no need to connect.
+    Finished,
+}
+
+/// What one write did.
+enum Wrote {
+    /// This many bytes went into the connection (at least 1).
+    Bytes(usize),
+    /// The connection broke.
+    Failed(io::Error),
+    /// A stop was requested and the write took nothing for the shutdown grace.
+    Stalled,
+}
+
+/// An open sink connection.
+struct Conn {
+    stream: TcpStream,
+    local: SocketAddr,
+    /// Bytes written into it so far.
+    written: u64,
+}
+
+/// One core's link to its sink: the connection, if any, and what to say about changes to it.
+struct Link<'a> {
     cfg: &'a TcpSinkConfig,
     core: usize,
+    conn: Option<Conn>,
+    /// Failed attempts since the link was last up.
     failures: u64,
+    /// When the link went down (broke, or could not connect), if it is down.
+    down_since: Option<Instant>,
     ever_connected: bool,
+    /// When this writer first saw the stop request.
+    stop_seen: Option<Instant>,
 }
 
-impl<'a> Connector<'a> {
+impl<'a> Link<'a> {
     fn new(cfg: &'a TcpSinkConfig, core: usize) -> Self {
-        Connector {
+        Link {
             cfg,
             core,
+            conn: None,
             failures: 0,
+            down_since: None,
             ever_connected: false,
+            stop_seen: None,
         }
     }
 
-    /// Connects, retrying until it works. Returns None when a stop was requested and the sink
-    /// stayed unreachable for the shutdown grace period.
-    async fn connect(&mut self, m: &CoreMetrics, shutdown: &Shutdown) -> Option<TcpStream> {
+    /// Connects, retrying with capped backoff until it works, the stop's grace runs out, or
+    /// (unless the writer is `holding` a chunk) the port closes with nothing left to deliver.
+    async fn connect(
+        &mut self,
+        m: &CoreMetrics,
+        rx: &SinkPort,
+        shutdown: &Shutdown,
+        holding: bool,
+    ) -> Connect {
         let (core, addr) = (self.core, self.cfg.addr);
         let mut backoff = self.cfg.min_backoff;
-        let mut stopped_at = None;
         loop {
+            if !holding && rx.is_done() {
+                return Connect::Finished;
+            }
             match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream
+                        .local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     CoreMetrics::add(&m.sink_connects, 1);
-                    if self.failures > 0 || self.ever_connected {
-                        tracing::info!(
+                    match self.down_since.take() {
+                        Some(since) if self.ever_connected || self.failures > 0 => {
+                            tracing::info!(
+                                core,
+                                sink = %addr,
+                                %local,
+                                "core {core}: sink {addr} connected again from {local} after {} \
+                                 failed attempts over {:.1?}; writing the {} bytes of output \
+                                 held meanwhile",
+                                self.failures,
+                                since.elapsed(),
+                                rx.held()
+                            );
+                        }
+                        _ => tracing::info!(
                             core,
                             sink = %addr,
-                            "sink {addr} connected again after {} failed attempts",
-                            self.failures
-                        );
-                    } else {
-                        tracing::debug!(core, sink = %addr, "sink {addr} connected");
+                            %local,
+                            "core {core}: connected to sink {addr} from {local}"
+                        ),
                     }
                     self.failures = 0;
                     self.ever_connected = true;
-                    return Some(s);
+                    self.conn = Some(Conn {
+                        stream,
+                        local,
+                        written: 0,
+                    });
+                    return Connect::Up;
                 }
                 Err(e) => {
                     CoreMetrics::add(&m.sink_connect_failures, 1);
                     if self.failures == 0 {
+                        self.down_since.get_or_insert_with(Instant::now);
                         tracing::warn!(
                             core,
                             sink = %addr,
-                            "cannot connect to sink {addr}: {e}; holding output and retrying \
-                             every {:?} at most (sources slow down while output is held)",
+                            "core {core}: cannot connect to sink {addr}: {e}; holding its \
+                             output (at most {} bytes, then sources wait) and retrying with \
+                             backoff up to {:?} (logged again only when this changes)",
+                            self.cfg.max_held_bytes,
                             self.cfg.max_backoff
                         );
                     }
@@ -300,25 +524,94 @@ impl<'a> Connector<'a> {
                 }
             }
             if shutdown.is_triggered() {
-                let since = *stopped_at.get_or_insert_with(std::time::Instant::now);
+                let since = *self.stop_seen.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.cfg.shutdown_grace {
-                    return None;
+                    return Connect::GaveUp;
                 }
             }
-            glommio::timer::sleep(backoff).await;
+            // Back off; a port that closes meanwhile may leave nothing to deliver.
+            if rx.closed.get() {
+                glommio::timer::sleep(backoff).await;
+            } else {
+                futures_lite::future::or(glommio::timer::sleep(backoff), rx.wait_closed()).await;
+            }
             backoff = (backoff * 2).min(self.cfg.max_backoff);
         }
     }
 
-    /// Records a connection that broke while `written` bytes of the current chunk had gone out.
-    fn broke(&mut self, m: &CoreMetrics, written: usize, e: io::Error) {
-        CoreMetrics::add(&m.sink_bytes_at_risk, written as u64);
+    /// Writes some of `buf` into the open connection. After a stop request, a write that takes
+    /// nothing for the shutdown grace is abandoned.
+    async fn write(&mut self, buf: &[u8], shutdown: &Shutdown) -> Wrote {
+        let grace = self.cfg.shutdown_grace;
+        let conn = self.conn.as_mut().expect("write needs a connection");
+        let stop = shutdown.wait();
+        let result =
+            futures_lite::future::or(async { Some(conn.stream.write(buf).await) }, async {
+                stop.await;
+                glommio::timer::sleep(grace).await;
+                None
+            })
+            .await;
+        match result {
+            Some(Ok(0)) => Wrote::Failed(io::Error::from(io::ErrorKind::WriteZero)),
+            Some(Ok(n)) => {
+                conn.written += n as u64;
+                Wrote::Bytes(n)
+            }
+            Some(Err(e)) => Wrote::Failed(e),
+            None => Wrote::Stalled,
+        }
+    }
+
+    /// The connection failed while writing; `cut` bytes at the end of what was written into it
+    /// belong to a record the break cut short (written again on the next connection).
+    fn broke(&mut self, m: &CoreMetrics, e: io::Error, cut: usize) {
+        let Some(conn) = self.conn.take() else { return };
+        let at_risk = conn.written.saturating_sub(cut as u64);
+        CoreMetrics::add(&m.sink_bytes_at_risk, at_risk);
+        self.down_since = Some(Instant::now());
+        let (core, addr, local) = (self.core, self.cfg.addr, conn.local);
+        let resent = if cut > 0 {
+            format!("; the {cut} bytes of the record it cut short are written again whole")
+        } else {
+            String::new()
+        };
         tracing::warn!(
-            core = self.core,
-            sink = %self.cfg.addr,
-            "connection to sink {} broke: {e}; output written to it just before may be lost \
-             (counted in sink_bytes_at_risk); reconnecting and resending the rest",
-            self.cfg.addr
+            core,
+            sink = %addr,
+            %local,
+            at_risk,
+            "core {core}: connection {local} -> sink {addr} broke ({e}) after writing {at_risk} \
+             bytes of whole records into it: those the receiver had not read are lost, not \
+             written again (counted in sink_bytes_at_risk){resent}; holding output and \
+             reconnecting"
         );
+    }
+
+    /// A stop was requested and the open connection took nothing for the shutdown grace.
+    fn stalled(&mut self) {
+        let (core, addr) = (self.core, self.cfg.addr);
+        if let Some(conn) = self.conn.take() {
+            let local = conn.local;
+            tracing::error!(
+                core,
+                sink = %addr,
+                %local,
+                "core {core}: sink {addr} (connection from {local}) took nothing for {:?} after \
+                 the stop request; giving up on it",
+                self.cfg.shutdown_grace
+            );
+        }
+    }
+
+    /// Flushes and closes the connection, if open.
+    async fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let (core, addr) = (self.core, self.cfg.addr);
+            if let Err(e) = conn.stream.flush().await {
+                tracing::warn!(core, sink = %addr, "core {core}: flushing sink {addr} on exit failed: {e}");
+            }
+            let _ = conn.stream.close().await;
+        }
     }
 }

@@ -18,6 +18,9 @@ pub enum SourceConfig {
     Tcp(TcpSourceConfig),
     /// A framed buffer in memory, split between the cores at frame boundaries.
     Memory(MemorySource),
+    /// A framed file, split between the cores at frame boundaries; replayable, so with
+    /// checkpoints its read positions are restored too ([`crate::FileSourceConfig`]).
+    File(crate::FileSourceConfig),
 }
 
 /// Settings of the TCP source.
@@ -28,13 +31,60 @@ pub struct TcpSourceConfig {
     pub addr: SocketAddr,
     /// Largest accepted payload; a connection announcing a larger frame is closed.
     pub max_frame: usize,
-    /// Bytes of each connection's read buffer.
+    /// Bytes of each connection's read buffer ([`IoBackend::Glommio`]), or of each of the
+    /// core's provided receive buffers ([`IoBackend::Uring`]).
     pub read_buffer: usize,
     /// Largest number of open connections per core; further connections are closed at once.
     pub max_connections_per_core: usize,
     /// A connection that has sent part of a frame and then nothing for this long is closed (slow
     /// loris). Connections idle between frames are left open.
     pub idle_timeout: Duration,
+    /// How sockets are read: see [`IoBackend`].
+    pub io: IoBackend,
+}
+
+/// How the TCP source does its socket I/O. Both decode the same frames under the same rules.
+///
+/// [`TcpSourceConfig::new`] takes it from the `BETTONG_IO` environment variable (`uring` or
+/// `glommio`), else [`IoBackend::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// Each core's own io_uring: multishot accept, multishot receive into provided buffers,
+    /// frames decoded in place from the buffers the kernel filled. Falls back to
+    /// [`IoBackend::Glommio`], saying so, where io_uring is unavailable.
+    Uring,
+    /// glommio's `TcpListener`/`TcpStream`: `recv(2)` into a per-connection buffer.
+    Glommio,
+}
+
+impl IoBackend {
+    /// The backend used unless `BETTONG_IO` says otherwise (the faster one in our measurements).
+    pub const DEFAULT: IoBackend = IoBackend::Uring;
+
+    /// `BETTONG_IO` (`uring` or `glommio`, any case), or [`IoBackend::DEFAULT`] when it is unset
+    /// or not one of those (which is logged).
+    pub fn from_env() -> IoBackend {
+        match std::env::var("BETTONG_IO") {
+            Err(_) => IoBackend::DEFAULT,
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!("{e}; using {:?}", IoBackend::DEFAULT);
+                IoBackend::DEFAULT
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uring" | "io_uring" | "io-uring" => Ok(IoBackend::Uring),
+            "glommio" => Ok(IoBackend::Glommio),
+            _ => Err(format!(
+                "BETTONG_IO={s:?} is not an I/O backend (expected \"uring\" or \"glommio\")"
+            )),
+        }
+    }
 }
 
 impl TcpSourceConfig {
@@ -46,6 +96,7 @@ impl TcpSourceConfig {
             read_buffer: 64 * 1024,
             max_connections_per_core: 10_000,
             idle_timeout: Duration::from_secs(30),
+            io: IoBackend::from_env(),
         }
     }
 }

@@ -7,6 +7,10 @@
 //!   (headers split from payloads, frames split over writes) with a fixed seed.
 //! - [`reference_counts`] and [`check_counts`] compute and compare the final count of every word
 //!   with the library's own splitter, the reference for the spec's splitting rules.
+//! - For the reliability tests: [`rss_mib`] and [`peak_rss_mib`] read the server's memory from
+//!   `/proc`; [`TestSink`] is a receiver whose pace (full, trickle, stalled) and presence (gone,
+//!   back) the test controls; [`Flood`] writes from many connections at once; [`final_metrics`]
+//!   reads the counters the server logs when it stops.
 //!
 //! Each test binary uses only some of these, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -636,4 +640,421 @@ pub fn random_message(rng: &mut Rng, lo: usize, hi: usize) -> String {
         msg.push_str(separator(rng));
     }
     msg
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reliability helpers: process memory, a sink whose pace and presence the test controls, and
+// flooding clients.
+
+/// A line of `/proc/PID/status` in KiB (`VmRSS`: resident now; `VmHWM`: the peak so far).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Resident memory of process `pid` now, in MiB (0 if it is gone).
+pub fn rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0
+}
+
+/// Peak resident memory of process `pid` so far, in MiB (0 if it is gone).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64 / 1024.0
+}
+
+/// How a [`TestSink`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as it can.
+    Full,
+    /// About this many bytes per second on each connection.
+    Trickle(u64),
+    /// Not at all (the connections stay open).
+    Stalled,
+}
+
+/// What a [`TestSink`] saw on one connection.
+#[derive(Debug, Clone, Default)]
+pub struct SinkConn {
+    /// The server's end of the connection (its sink socket's local address).
+    pub peer: Option<SocketAddr>,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Everything read, when the sink records.
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct SinkShared {
+    conns: Mutex<Vec<SinkConn>>,
+    validator: Option<Mutex<bettong::validate::OrderValidator>>,
+    lines: std::sync::atomic::AtomicU64,
+    /// 0: full speed; u64::MAX: stalled; else bytes per second per connection.
+    pace: std::sync::atomic::AtomicU64,
+    /// Set to make every connection close and the listener go away.
+    away: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    record: bool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A receiver for the server's output whose pace (full, trickle, stalled) and presence (listening
+/// or gone, connections closed) the test controls. It counts lines, and can validate the output
+/// contract as it reads (for long streams) or record every connection's bytes (for tests that
+/// inspect what arrived on which connection).
+pub struct TestSink {
+    addr: SocketAddr,
+    shared: Arc<SinkShared>,
+}
+
+impl TestSink {
+    /// Listens on `addr` (port 0 for a free port).
+    pub fn start(addr: SocketAddr, validate: bool, record: bool) -> TestSink {
+        let shared = Arc::new(SinkShared {
+            validator: validate.then(|| Mutex::new(bettong::validate::OrderValidator::new())),
+            record,
+            ..Default::default()
+        });
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("test sink: cannot listen on {addr}: {e}"));
+        let addr = listener.local_addr().expect("the test sink's address");
+        let sink = TestSink { addr, shared };
+        sink.accept_on(listener);
+        sink
+    }
+
+    fn accept_on(&self, listener: std::net::TcpListener) {
+        listener
+            .set_nonblocking(true)
+            .expect("make the test sink's listener non-blocking");
+        let shared = self.shared.clone();
+        let handle = thread::spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            while !shared.stop.load(SeqCst) && !shared.away.load(SeqCst) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        stream.set_nonblocking(false).expect("blocking stream");
+                        let id = {
+                            let mut conns = lock(&shared.conns);
+                            conns.push(SinkConn {
+                                peer: Some(peer),
+                                ..Default::default()
+                            });
+                            conns.len() - 1
+                        };
+                        let s = shared.clone();
+                        let h = thread::spawn(move || sink_read_loop(&s, id, stream));
+                        lock(&shared.threads).push(h);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(e) => panic!("test sink: accept failed: {e}"),
+                }
+            }
+        });
+        lock(&self.shared.threads).push(handle);
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes how fast every connection is read.
+    pub fn set_pace(&self, pace: Pace) {
+        let v = match pace {
+            Pace::Full => 0,
+            Pace::Trickle(n) => n.clamp(1, u64::MAX - 1),
+            Pace::Stalled => u64::MAX,
+        };
+        self.shared
+            .pace
+            .store(v, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Complete lines read so far.
+    pub fn lines(&self) -> u64 {
+        self.shared.lines.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Bytes read so far, over all connections.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.shared.conns).iter().map(|c| c.bytes).sum()
+    }
+
+    /// Waits until at least `n` lines were read, for at most `timeout`.
+    pub fn wait_for_lines(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.lines() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Connections accepted so far, in order, with what each carried.
+    pub fn conns(&self) -> Vec<SinkConn> {
+        lock(&self.shared.conns).clone()
+    }
+
+    /// The receiver goes away: the listener closes and every connection is closed, with whatever
+    /// the server sent into it unread. Returns once all of that is done.
+    pub fn go_away(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.away.store(true, SeqCst);
+        let threads = std::mem::take(&mut *lock(&self.shared.threads));
+        for t in threads {
+            t.join().expect("a test sink thread panicked");
+        }
+    }
+
+    /// The receiver comes back on the same address.
+    pub fn come_back(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.away.store(false, SeqCst);
+        let listener = std::net::TcpListener::bind(self.addr)
+            .unwrap_or_else(|e| panic!("test sink: cannot listen on {} again: {e}", self.addr));
+        self.accept_on(listener);
+    }
+
+    /// Stops and returns the validator's verdict: `Err` with the first violation (including a
+    /// connection that ended mid-line), else the highest count of every word.
+    pub fn finish(self) -> Result<HashMap<String, u64>, String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.stop.store(true, SeqCst);
+        let threads = std::mem::take(&mut *lock(&self.shared.threads));
+        for t in threads {
+            t.join().expect("a test sink thread panicked");
+        }
+        let v = lock(
+            self.shared
+                .validator
+                .as_ref()
+                .expect("finish needs a validating sink"),
+        );
+        match v.finish() {
+            Ok(summary) => Ok(summary.counts),
+            Err(first) => Err(format!(
+                "{first} ({} violating lines in all)",
+                v.violations().max(1)
+            )),
+        }
+    }
+}
+
+impl Drop for TestSink {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.stop.store(true, SeqCst);
+        for t in std::mem::take(&mut *lock(&self.shared.threads)) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads one sink connection at the sink's pace until it ends or the sink stops or goes away.
+fn sink_read_loop(shared: &SinkShared, id: usize, mut stream: TcpStream) {
+    use std::sync::atomic::Ordering::SeqCst;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("set a read timeout");
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        if shared.stop.load(SeqCst) || shared.away.load(SeqCst) {
+            break;
+        }
+        let want = match shared.pace.load(SeqCst) {
+            0 => buf.len(),
+            u64::MAX => {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            rate => (rate / 100).clamp(1, buf.len() as u64) as usize,
+        };
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        let data = &buf[..n];
+        if let Some(v) = &shared.validator {
+            let _ = lock(v).feed(id, data);
+        }
+        {
+            let mut conns = lock(&shared.conns);
+            let c = &mut conns[id];
+            c.bytes += n as u64;
+            if shared.record {
+                c.data.extend_from_slice(data);
+            }
+        }
+        let newlines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        shared.lines.fetch_add(newlines, SeqCst);
+        if want < buf.len() {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Dropping the stream closes it; unread bytes in it make the kernel reset the connection.
+}
+
+/// Clients that write their framed input to the server from their own threads, as fast as the
+/// server takes it, until told to stop or done.
+pub struct Flood {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    streams: Vec<TcpStream>,
+    handles: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Flood {
+    /// Starts one thread per stream; each writes `inputs[i]` (`repeat` times over) to stream `i`
+    /// in `piece`-byte writes. A write that fails (or stays blocked past the stream's write
+    /// timeout) is an error unless the flood was stopped.
+    pub fn start(
+        streams: Vec<TcpStream>,
+        inputs: Vec<Arc<Vec<u8>>>,
+        repeat: usize,
+        piece: usize,
+    ) -> Flood {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent: Arc<Vec<_>> = Arc::new(
+            (0..streams.len())
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        );
+        let clones = streams
+            .iter()
+            .map(|s| s.try_clone().expect("clone a client stream"))
+            .collect();
+        let handles = streams
+            .into_iter()
+            .zip(inputs)
+            .enumerate()
+            .map(|(i, (mut s, input))| {
+                let (stop, sent) = (stop.clone(), sent.clone());
+                thread::spawn(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    for _ in 0..repeat {
+                        for chunk in input.chunks(piece.max(1)) {
+                            if stop.load(SeqCst) {
+                                return Ok(());
+                            }
+                            if let Err(e) = s.write_all(chunk) {
+                                if stop.load(SeqCst) {
+                                    return Ok(());
+                                }
+                                return Err(format!("flood client {i}: write failed: {e}"));
+                            }
+                            sent[i].fetch_add(chunk.len() as u64, SeqCst);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Flood {
+            stop,
+            sent,
+            streams: clones,
+            handles,
+        }
+    }
+
+    /// Bytes each client has written so far.
+    pub fn sent(&self) -> Vec<u64> {
+        self.sent
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Whether every client has written all of its input (or failed).
+    pub fn is_done(&self) -> bool {
+        self.handles.iter().all(|h| h.is_finished())
+    }
+
+    /// Waits for every client to finish, for at most `timeout`; fails the test on a client error
+    /// or when they do not finish.
+    #[track_caller]
+    pub fn join(self, timeout: Duration, server: &Server) {
+        let deadline = Instant::now() + timeout;
+        while !self.is_done() {
+            assert!(
+                Instant::now() < deadline,
+                "flood clients still writing after {timeout:?} (sent {:?}); the server's \
+                 stderr:\n{}",
+                self.sent(),
+                server.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        for h in self.handles {
+            if let Err(e) = h.join().expect("a flood client panicked") {
+                panic!("{e}; the server's stderr:\n{}", server.stderr());
+            }
+        }
+    }
+
+    /// Stops every client at once (a blocked write is cut short by shutting the socket down),
+    /// waits for them, and returns the bytes each had written.
+    pub fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in &self.streams {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+        self.sent
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+}
+
+/// The number in a log line right after `prefix` (for example `"after writing "`).
+pub fn number_after(line: &str, prefix: &str) -> Option<u64> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// The server's final counters, from its `final metrics: name=value …` log line.
+pub fn final_metrics(server: &Server) -> Option<HashMap<String, u64>> {
+    let line = server
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("final metrics: "))?;
+    let rest = &line[line.find("final metrics: ")? + "final metrics: ".len()..];
+    Some(
+        rest.split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
 }

@@ -1,0 +1,51 @@
+//! Sockets on io_uring: each core's TCP source on its own ring, with multishot accept, multishot
+//! receive into provided buffers, and frames decoded in place from the buffers the kernel filled.
+//!
+//! The glommio path ([`crate::net`]) reads with `recv(2)` into each connection's buffer and uses
+//! io_uring only to learn that a socket is readable. Here the kernel does the receiving: one
+//! multishot accept per core and one multishot receive per connection stay armed, and every
+//! completion carries the bytes in a buffer of the core's provided-buffer ring. One connection
+//! costs no system call per read, and a whole batch of buffers is decoded per pass.
+//!
+//! - [`ring`]: the core's io_uring, its requests, and the eventfd bridge that lets the glommio
+//!   executor sleep while the ring is idle;
+//! - [`buf_ring`]: the provided receive buffers;
+//! - [`reassembly`]: frames decoded in place, and the partial frames carried between buffers;
+//! - [`source`]: the listener and connection tasks.
+//!
+//! The backend is chosen per engine with [`crate::source::IoBackend`] (`BETTONG_IO=uring|glommio`).
+//! Where io_uring or provided-buffer rings are unavailable (old kernels, `io_uring_disabled`,
+//! seccomp), the core says so and falls back to the glommio path.
+
+mod buf_ring;
+mod reassembly;
+mod ring;
+mod source;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use ring::RingParams;
+pub(crate) use source::{listen, run_tcp_source};
+
+use crate::source::TcpSourceConfig;
+
+/// Provided-buffer memory per core when the buffers are the default 64 KiB (`read_buffer`).
+const BUFFER_BUDGET: usize = 4 << 20;
+
+impl RingParams {
+    /// The ring of a core's TCP source: `read_buffer`-sized receive buffers (4 MiB of them in
+    /// all by default, at least 8 and at most 4096).
+    pub(crate) fn for_source(cfg: &TcpSourceConfig) -> RingParams {
+        let size = cfg.read_buffer.clamp(64, 1 << 20);
+        let count = (BUFFER_BUDGET / size).clamp(8, 4096).next_power_of_two() as u16;
+        let size = source::tune("BETTONG_URING_BUFSIZE").unwrap_or(size);
+        let count = source::tune("BETTONG_URING_BUFCOUNT").map(|c| c as u16).unwrap_or(count);
+        RingParams {
+            entries: 256,
+            buf_count: count,
+            buf_size: size as u32,
+            defer_taskrun: source::tune("BETTONG_URING_DEFER").map(|d| d != 0).unwrap_or(true),
+        }
+    }
+}

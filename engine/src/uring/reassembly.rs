@@ -1,0 +1,182 @@
+//! Frames decoded in place from the buffers the kernel filled, and the few that straddle two.
+//!
+//! A connection's bytes arrive as a sequence of provided buffers, cut wherever the kernel cut
+//! them. Every complete frame inside one buffer is handed out as a slice of that buffer. Only a
+//! frame that starts in one buffer and ends in a later one is copied, into the connection's
+//! carry buffer, which then holds exactly that one partial frame (reserved at its full size as
+//! soon as its header is known, so it is copied once). Whatever the cut, the frames are the same,
+//! and the maximum frame size is enforced as soon as a header is complete, as [`FrameDecoder`]
+//! does for the glommio path.
+
+use crate::codec::{FrameDecoder, FrameTooLarge, HEADER_LEN};
+
+/// Carry buffers larger than this are released after the frame that grew them.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// One connection's partial frame, between buffers.
+#[derive(Debug, Default)]
+pub(crate) struct Reassembly {
+    carry: Vec<u8>,
+}
+
+impl Reassembly {
+    /// Bytes of a partial frame held (0 between frames).
+    pub(crate) fn pending(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Decodes the frames `data` completes or holds, calling `on_frame` for each, in order.
+    ///
+    /// On an oversized header, the frames before it have been delivered and the error is
+    /// returned; the connection cannot be resynchronised and must be closed.
+    pub(crate) fn feed(
+        &mut self,
+        mut data: &[u8],
+        decoder: &FrameDecoder,
+        on_frame: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FrameTooLarge> {
+        if !self.carry.is_empty() {
+            data = self.complete_carry(data, decoder, on_frame)?;
+        }
+        loop {
+            match decoder.decode(data) {
+                Ok(Some((payload, used))) => {
+                    on_frame(payload);
+                    data = &data[used..];
+                }
+                Ok(None) => {
+                    if !data.is_empty() {
+                        if let Some(size) = decoder.frame_size(data) {
+                            self.carry.reserve_exact(size);
+                        }
+                        self.carry.extend_from_slice(data);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Adds the start of `data` to the partial frame; returns what is left of `data` once the
+    /// frame is complete (and delivered), or an empty slice if it still is not.
+    fn complete_carry<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        decoder: &FrameDecoder,
+        on_frame: &mut dyn FnMut(&[u8]),
+    ) -> Result<&'a [u8], FrameTooLarge> {
+        if self.carry.len() < HEADER_LEN {
+            let take = (HEADER_LEN - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() < HEADER_LEN {
+                return Ok(data);
+            }
+            // The header is whole: check it before waiting for (or reserving) its payload.
+            decoder.decode(&self.carry)?;
+            let size = decoder.frame_size(&self.carry).unwrap_or(HEADER_LEN);
+            self.carry.reserve_exact(size - self.carry.len());
+        }
+        let size = decoder
+            .frame_size(&self.carry)
+            .expect("a carried frame has its whole header here");
+        let take = (size - self.carry.len()).min(data.len());
+        self.carry.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        if self.carry.len() == size {
+            on_frame(&self.carry[HEADER_LEN..]);
+            self.carry.clear();
+            if self.carry.capacity() > KEEP_CAPACITY {
+                self.carry = Vec::new();
+            }
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_frame;
+
+    fn wire(frames: &[&[u8]]) -> Vec<u8> {
+        let mut w = Vec::new();
+        for f in frames {
+            encode_frame(f, &mut w);
+        }
+        w
+    }
+
+    /// Feeds `wire` cut into pieces of `cut` bytes; returns the frames and the final state.
+    fn feed_cut(
+        wire: &[u8],
+        cut: usize,
+        max: usize,
+    ) -> (Vec<Vec<u8>>, Result<(), FrameTooLarge>, usize) {
+        let dec = FrameDecoder::new(max);
+        let mut r = Reassembly::default();
+        let mut got = Vec::new();
+        for piece in wire.chunks(cut) {
+            if let Err(e) = r.feed(piece, &dec, &mut |f| got.push(f.to_vec())) {
+                return (got, Err(e), r.pending());
+            }
+        }
+        (got, Ok(()), r.pending())
+    }
+
+    #[test]
+    fn frames_are_the_same_whatever_the_cut() {
+        let frames: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!("frame {i} {}", "x".repeat(i * 7)).into_bytes())
+            .chain([Vec::new(), b"tail".to_vec()])
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let w = wire(&refs);
+        for cut in [1, 2, 3, 4, 5, 7, 64, 100, 333, w.len()] {
+            let (got, res, pending) = feed_cut(&w, cut, 1 << 20);
+            assert!(res.is_ok());
+            assert_eq!(got, frames, "cut {cut}");
+            assert_eq!(pending, 0);
+        }
+    }
+
+    #[test]
+    fn frame_larger_than_a_buffer_is_reassembled_with_one_allocation() {
+        let big = vec![b'a'; 5000];
+        let w = wire(&[b"x", &big, b"y"]);
+        let dec = FrameDecoder::new(1 << 20);
+        let mut r = Reassembly::default();
+        let mut got = Vec::new();
+        let mut capacities = Vec::new();
+        for piece in w.chunks(64) {
+            r.feed(piece, &dec, &mut |f| got.push(f.len())).unwrap();
+            capacities.push(r.carry.capacity());
+        }
+        assert_eq!(got, vec![1, 5000, 1]);
+        let grown: std::collections::BTreeSet<_> =
+            capacities.into_iter().filter(|&c| c > 64).collect();
+        assert_eq!(grown.len(), 1, "the carry grew more than once: {grown:?}");
+    }
+
+    #[test]
+    fn oversized_header_split_across_buffers_is_refused_before_its_payload() {
+        let mut w = wire(&[b"ok"]);
+        w.extend_from_slice(&11u32.to_be_bytes());
+        for cut in [1, 2, 3, 5, 7] {
+            let (got, res, _) = feed_cut(&w, cut, 10);
+            assert_eq!(got, vec![b"ok".to_vec()], "cut {cut}");
+            assert_eq!(res, Err(FrameTooLarge { len: 11, max: 10 }), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn partial_frame_at_the_end_is_pending() {
+        let mut w = wire(&[b"abc"]);
+        w.extend_from_slice(&[0, 0, 0, 9, b'z']);
+        let (got, res, pending) = feed_cut(&w, 3, 100);
+        assert!(res.is_ok());
+        assert_eq!(got, vec![b"abc".to_vec()]);
+        assert_eq!(pending, 5);
+    }
+}
