@@ -180,6 +180,8 @@ pub struct BenchReport {
     pub keys: u64,
     /// Approximate bytes of state per distinct word.
     pub bytes_per_key: f64,
+    /// Each server core's final counters (`name=value …`), by core index.
+    pub per_core: Vec<String>,
 }
 
 impl BenchReport {
@@ -205,6 +207,7 @@ impl BenchReport {
             "engine_latency_us": lat.engine_latency.json(),
             "keys": self.keys,
             "bytes_per_key": self.bytes_per_key,
+            "per_core": self.per_core,
             "phases": self.phases.iter().map(Phase::json).collect::<Vec<_>>(),
         })
     }
@@ -250,6 +253,9 @@ impl BenchReport {
             "state: {} distinct words, ~{:.0} bytes each\n",
             self.keys, self.bytes_per_key
         );
+        for (i, c) in self.per_core.iter().enumerate() {
+            s += &format!("core {i}: {c}\n");
+        }
         s
     }
 }
@@ -306,6 +312,7 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
     let elapsed = start.elapsed();
     let t = report.total();
     let (keys, bytes_per_key) = state_figures(&t);
+    let per_core = report.metrics.iter().map(|m| m.to_string()).collect();
     Ok(BenchReport {
         mode: "in-process".into(),
         server_cpus: cpus,
@@ -324,6 +331,7 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
         }],
         keys,
         bytes_per_key,
+        per_core,
     })
 }
 
@@ -569,6 +577,7 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
     server.stop();
     let report = server.join()?;
     let (keys, bytes_per_key) = state_figures(&report.total());
+    let per_core = report.metrics.iter().map(|m| m.to_string()).collect();
     Ok(BenchReport {
         mode: "loopback".into(),
         server_cpus: all_cpus[..report.metrics.len()].to_vec(),
@@ -577,6 +586,7 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
         phases,
         keys,
         bytes_per_key,
+        per_core,
     })
 }
 

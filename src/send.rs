@@ -23,7 +23,7 @@ use crate::corpus::{frame_bounds, frame_lines};
 /// large even for a corpus of a few frames.
 const MIN_BUFFER: usize = 1 << 20;
 /// Writes per second and connection that rate pacing aims for (smaller batches at low rates).
-const PACED_WRITES_PER_SEC: f64 = 100.0;
+const PACED_WRITES_PER_SEC: f64 = 2000.0;
 /// A paced connection that falls further than this behind its schedule (a slow server, a long
 /// `interval`) restarts its schedule instead of bursting to catch up.
 const MAX_LAG: Duration = Duration::from_millis(100);

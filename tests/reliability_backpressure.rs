@@ -33,9 +33,9 @@ const TRICKLE: u64 = 64 * 1024;
 /// peak over the whole test (the trickle, then draining at full speed). What may grow, per core:
 /// the output held for the sink (`--sink-buffer`, 4 MiB), the batches in the rings between cores
 /// (64 each way), one read's worth of output per connection waiting to be queued, and the
-/// io_uring receive buffers (4 MiB). Measured on 2 cores in a debug build: 17 to 25 MiB (peak
-/// 49 to 57 MiB from 32 MiB at rest). With the sink queue unbounded, the same run grows by 78
-/// MiB and more the more is sent.
+/// io_uring receive buffers (4 MiB). Measured on 2 cores in a debug build: 15 to 30 MiB (peak
+/// 47 to 62 MiB from 32 MiB at rest). With the sink queue unbounded, the same run grows by 70 to
+/// 80 MiB, and more the more is sent.
 const GROWTH_BOUND_MIB: f64 = 48.0;
 
 /// One client's input: messages of 10 to 60 words from a vocabulary of 3000 words shared by every

@@ -19,7 +19,7 @@ const CLIENTS: usize = 20;
 /// The stop finishes everything in flight: the input already received (with io_uring, up to the
 /// core's 4 MiB of receive buffers), the batches in the rings between cores, and the output held
 /// for the sink (up to `--sink-buffer`, 4 MiB per core), some 2 million words here. Measured in
-/// a debug build on 2 cores: 0.1 to 0.5 s with glommio's sockets, 2.3 to 2.8 s with io_uring.
+/// a debug build on 2 cores: 0.1 to 0.8 s with glommio's sockets, 0.8 to 2.8 s with io_uring.
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
 /// Client `c`'s input: the same frame over and over, three words of its own and one word every

@@ -93,6 +93,9 @@ impl TcpSinkConfig {
 /// ([`SinkPort::wait_room`]), so a stalled sink stops the reading instead of piling up output.
 pub(crate) struct SinkPort {
     chunk: RefCell<Vec<u8>>,
+    /// Emptied chunks handed back by the writer, reused so that a chunk does not regrow from
+    /// nothing after every flush.
+    spare: RefCell<Vec<Vec<u8>>>,
     /// When the oldest input behind the current chunk's output arrived.
     chunk_born: Cell<Option<Instant>>,
     queue: RefCell<VecDeque<Chunk>>,
@@ -116,6 +119,7 @@ impl SinkPort {
     pub(crate) fn new(depth: usize) -> Self {
         SinkPort {
             chunk: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
             chunk_born: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             depth: depth.max(1),
@@ -174,7 +178,11 @@ impl SinkPort {
         while self.full(0) {
             self.room.wait().await;
         }
-        let bytes = std::mem::take(&mut *self.chunk.borrow_mut());
+        if self.chunk.borrow().is_empty() {
+            return;
+        }
+        let next = self.spare.borrow_mut().pop().unwrap_or_default();
+        let bytes = std::mem::replace(&mut *self.chunk.borrow_mut(), next);
         let born = self.chunk_born.take();
         if !bytes.is_empty() {
             let born = born.unwrap_or_else(Instant::now);
@@ -219,6 +227,15 @@ impl SinkPort {
         }
     }
 
+    /// Hands an emptied chunk back for reuse (a few are kept; very large ones are freed).
+    pub(crate) fn recycle(&self, mut chunk: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < 4 && chunk.capacity() <= 4 << 20 {
+            chunk.clear();
+            spare.push(chunk);
+        }
+    }
+
     /// The writer is done with `n` bytes (written, or dropped).
     pub(crate) fn release(&self, n: usize) {
         self.held.set(self.held.get().saturating_sub(n));
@@ -248,6 +265,7 @@ pub(crate) async fn run_memory_sink(
         CoreMetrics::add(&m.bytes_out, chunk.len() as u64);
         latency.record(born);
         if !keep {
+            rx.recycle(chunk);
             continue;
         }
         if all.is_empty() {
@@ -365,6 +383,7 @@ pub(crate) async fn run_tcp_sink(
             CoreMetrics::add(&m.sink_bytes_dropped, n as u64);
         }
         rx.release(bytes.len());
+        rx.recycle(bytes);
     }
     if dropped > 0 {
         tracing::error!(

@@ -245,6 +245,9 @@ impl<A: App> Worker<A> {
             self.send(dest, Envelope::Batch(batch)).await;
         }
         self.sink.flush().await;
+        // glommio preempts only at its 100 ms timer, and a source whose data is always ready
+        // never blocks: give the drain tasks and the sink writer their turn after every flush.
+        glommio::executor().yield_now().await;
     }
 
     /// Tells every other core that this core's sources are finished.
@@ -485,6 +488,7 @@ pub(crate) async fn drain_peer<A: App>(
             Ok(Some(Envelope::Batch(batch))) => {
                 worker.apply_from(peer, &batch);
                 worker.sink.flush().await;
+                glommio::executor().yield_now().await;
             }
             Ok(Some(Envelope::Barrier(id))) => {
                 if let Some(ck) = &worker.ck {

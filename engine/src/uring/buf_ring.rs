@@ -102,11 +102,6 @@ impl BufRing {
         self.bgid
     }
 
-    /// Bytes per buffer.
-    pub(crate) fn buf_size(&self) -> u32 {
-        self.size
-    }
-
     /// Registers the ring with `submitter`'s io_uring and hands every buffer to the kernel.
     ///
     /// # Safety

@@ -37,7 +37,7 @@ use io_uring::types::{CancelBuilder, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf_ring::{Buf, BufRing};
-use crate::notify::Notify;
+use crate::shutdown::Shutdown;
 
 /// `user_data` of requests whose completion nobody waits for (cancellations).
 const IGNORED: u64 = u64::MAX;
@@ -89,9 +89,12 @@ pub(crate) struct Ring {
     /// The eventfd the kernel signals on each completion, as a glommio file to await; taken by
     /// [`Ring::drive`].
     eventfd: RefCell<Option<BufferedFile>>,
-    /// Set by [`Ring::close`]: the driver stops once it sees it.
-    closing: Cell<bool>,
-    closed: Notify,
+    /// Fired by [`Ring::close`]: the driver stops. (A one-shot whose waits free their waker when
+    /// dropped: the driver selects on it once per wake-up, and a waker left behind each time
+    /// would overflow glommio's task reference count within seconds.)
+    closed: Shutdown,
+    /// Times the driver woke up on the eventfd.
+    wakeups: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
     /// Multishot receives re-armed after the kernel ended them (mostly: no buffer was left).
     rearmed: Cell<u64>,
@@ -145,8 +148,8 @@ impl Ring {
             ops: RefCell::new(OpTable::default()),
             bufs,
             eventfd: RefCell::new(Some(eventfd)),
-            closing: Cell::new(false),
-            closed: Notify::default(),
+            closed: Shutdown::new(),
+            wakeups: Cell::new(0),
             wakers: RefCell::new(Vec::new()),
             rearmed: Cell::new(0),
         }))
@@ -313,20 +316,18 @@ impl Ring {
         let mut warned = false;
         loop {
             self.reap();
-            if self.closing.get() {
+            if self.closed.is_triggered() {
                 break;
             }
-            let woke = or(
-                async { Some(eventfd.read_at(0, 8).await.map(drop)) },
-                async {
-                    self.closed.wait().await;
-                    None
-                },
-            )
+            let closed = self.closed.wait();
+            let woke = or(async { Some(eventfd.read_at(0, 8).await.map(drop)) }, async {
+                closed.await;
+                None
+            })
             .await;
             match woke {
                 None => break,
-                Some(Ok(())) => {}
+                Some(Ok(())) => self.wakeups.set(self.wakeups.get() + 1),
                 Some(Err(e)) => {
                     // Not expected on any kernel that got this far; stay correct, if slower.
                     if !warned {
@@ -346,8 +347,23 @@ impl Ring {
 
     /// Stops [`Ring::drive`].
     pub(crate) fn close(&self) {
-        self.closing.set(true);
-        self.closed.notify();
+        self.closed.trigger();
+    }
+
+    /// Times the driver woke up on the eventfd so far.
+    #[cfg(test)]
+    pub(crate) fn wakeups(&self) -> u64 {
+        self.wakeups.get()
+    }
+
+    /// A request that completes (with `ETIME`) after `ns` nanoseconds: tests use it to make the
+    /// kernel post completions while the core sleeps.
+    #[cfg(test)]
+    pub(crate) fn timer(self: &Rc<Self>, ns: u32) -> io::Result<Op> {
+        let ts = Box::new(Timespec::new().nsec(ns));
+        let entry = opcode::Timeout::new(&*ts as *const Timespec).build();
+        // SAFETY: the timespec is on the heap, kept in the request's slot until its completion.
+        unsafe { self.submit(entry, Some(ts)) }
     }
 }
 

@@ -79,7 +79,8 @@ where
             let metrics = Metrics::new(1);
             let shutdown = Shutdown::new();
             let port = Rc::new(SinkPort::new(4));
-            let sink = glommio::spawn_local(run_memory_sink(port.clone(), metrics.clone(), 0, true));
+            let sink =
+                glommio::spawn_local(run_memory_sink(port.clone(), metrics.clone(), 0, true));
             let worker = Rc::new(Worker::new(
                 echo(),
                 Router::new(1, 7),
@@ -90,7 +91,9 @@ where
             ));
             let mut cfg = TcpSourceConfig::new("127.0.0.1:0".parse().unwrap());
             configure(&mut cfg);
-            let listener = listen_with(&cfg, 0, params).unwrap().expect("io_uring is available");
+            let listener = listen_with(&cfg, 0, params)
+                .unwrap()
+                .expect("io_uring is available");
             cfg.addr = listener.local_addr();
             let ring: Rc<Ring> = listener.ring().clone();
             let addr = cfg.addr;
@@ -280,7 +283,11 @@ fn shutdown_with_a_connection_open_finishes_what_was_received_and_returns() {
         },
     );
     assert_eq!(out.output, "one\ntwo\n");
-    assert!(out.stop_took < Duration::from_secs(2), "{:?}", out.stop_took);
+    assert!(
+        out.stop_took < Duration::from_secs(2),
+        "{:?}",
+        out.stop_took
+    );
 }
 
 #[test]
@@ -344,8 +351,9 @@ fn many_connections_on_one_core_each_keep_their_order() {
             let senders: Vec<_> = (0..conns)
                 .map(|c| {
                     std::thread::spawn(move || {
-                        let texts: Vec<String> =
-                            (0..500).map(|i| format!("c{c}-{i}-{}", "z".repeat(i % 70))).collect();
+                        let texts: Vec<String> = (0..500)
+                            .map(|i| format!("c{c}-{i}-{}", "z".repeat(i % 70)))
+                            .collect();
                         let refs: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
                         let mut s = TcpStream::connect(addr).unwrap();
                         write_in_pieces(&mut s, &frames(&refs), 300);
@@ -360,7 +368,11 @@ fn many_connections_on_one_core_each_keep_their_order() {
     );
     for c in 0..conns {
         let prefix = format!("c{c}-");
-        let got: Vec<&str> = out.output.lines().filter(|l| l.starts_with(&prefix)).collect();
+        let got: Vec<&str> = out
+            .output
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .collect();
         let want: Vec<String> = (0..500)
             .map(|i| format!("c{c}-{i}-{}", "z".repeat(i % 70)))
             .collect();
@@ -394,6 +406,40 @@ fn dropping_a_ring_with_requests_in_flight_cancels_them() {
             ring.close();
             driver.await;
             drop(ring);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn the_driver_survives_far_more_wakeups_than_a_task_has_references() {
+    // Each wake-up of the driver used to leave a waker behind; glommio counts a task's wakers in
+    // an i16, so 32768 wake-ups broke it. Make the kernel post a completion while the core is
+    // asleep, many more times than that.
+    LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let ring = Ring::new(tiny(4)).unwrap();
+            let driver = glommio::spawn_local(ring.clone().drive());
+            let mut rounds = 0;
+            while ring.wakeups() < 40_000 {
+                // Long enough for the task to be waiting when it fires.
+                let op = ring.timer(50_000).unwrap();
+                let c = futures_lite::future::or(op.next(), async {
+                    glommio::timer::sleep(Duration::from_secs(5)).await;
+                    panic!("no wake-up after {} of them", ring.wakeups());
+                })
+                .await;
+                assert_eq!(c.expect("a timeout completes").res, -libc::ETIME);
+                rounds += 1;
+                assert!(
+                    rounds < 400_000,
+                    "the driver woke only {} times",
+                    ring.wakeups()
+                );
+            }
+            ring.close();
+            driver.await;
         })
         .unwrap()
         .join()
