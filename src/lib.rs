@@ -17,3 +17,8 @@ pub mod serve;
 pub mod split;
 pub mod synth;
 pub mod validate;
+
+/// The code blocks of README.md, compiled and run as doctests so the README cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -320,10 +320,13 @@ impl Ring {
                 break;
             }
             let closed = self.closed.wait();
-            let woke = or(async { Some(eventfd.read_at(0, 8).await.map(drop)) }, async {
-                closed.await;
-                None
-            })
+            let woke = or(
+                async { Some(eventfd.read_at(0, 8).await.map(drop)) },
+                async {
+                    closed.await;
+                    None
+                },
+            )
             .await;
             match woke {
                 None => break,
