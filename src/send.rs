@@ -461,7 +461,8 @@ mod tests {
         assert_eq!(hosts, ["a:1", "b:2", "a:1"]);
         assert_eq!(plans[1].start, 334 % input.frames());
         assert_eq!(plans[0].batch, 500);
-        opts.rate = 3000;
+        // 60000/s over 3 connections at PACED_WRITES_PER_SEC writes/s each: 10 per write.
+        opts.rate = 60_000;
         assert_eq!(plan(&opts, &input, None)[0].batch, 10);
         opts.rate = 10;
         assert_eq!(plan(&opts, &input, None)[0].batch, 1);

@@ -370,24 +370,19 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("read the free port")
 }
 
-/// xorshift64*: a tiny deterministic generator, enough to vary test inputs reproducibly.
+/// The project's deterministic generator (`bettong::synth::Rng`), with the helpers tests want.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(bettong::synth::Rng);
 
 impl Rng {
     /// A generator for `seed` (any value; 0 is remapped).
     pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(bettong::synth::Rng::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (`n > 0`).

@@ -39,17 +39,11 @@ impl RingParams {
     pub(crate) fn for_source(cfg: &TcpSourceConfig) -> RingParams {
         let size = cfg.read_buffer.clamp(64, 1 << 20);
         let count = (BUFFER_BUDGET / size).clamp(8, 4096).next_power_of_two() as u16;
-        let size = source::tune("BETTONG_URING_BUFSIZE").unwrap_or(size);
-        let count = source::tune("BETTONG_URING_BUFCOUNT")
-            .map(|c| c as u16)
-            .unwrap_or(count);
         RingParams {
             entries: 256,
             buf_count: count,
             buf_size: size as u32,
-            defer_taskrun: source::tune("BETTONG_URING_DEFER")
-                .map(|d| d != 0)
-                .unwrap_or(true),
+            defer_taskrun: true,
         }
     }
 }

@@ -161,6 +161,7 @@ impl Ring {
     }
 
     /// Multishot receives re-armed so far.
+    #[cfg(test)]
     pub(crate) fn rearmed(&self) -> u64 {
         self.rearmed.get()
     }
@@ -195,11 +196,13 @@ impl Ring {
     }
 
     /// Sends `data[offset..]` on the connected socket `fd` (zero-copy when `zero_copy`). The
-    /// buffer is kept alive by the request until its last completion.
+    /// request holds a reference to the bytes until its last completion. Only the measurement
+    /// that kept the sink on `send(2)` uses it (see the tests).
+    #[cfg(test)]
     pub(crate) fn send(
         self: &Rc<Self>,
         fd: RawFd,
-        data: Vec<u8>,
+        data: Rc<[u8]>,
         offset: usize,
         zero_copy: bool,
     ) -> io::Result<Op> {
@@ -214,8 +217,8 @@ impl Ring {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         };
-        // SAFETY: `ptr..ptr+len` lies in `data`'s heap block, which does not move when the Vec
-        // is moved into the request's slot and stays there until the request's last completion
+        // SAFETY: `ptr..ptr+len` lies in the shared slice, which cannot move or change while a
+        // reference to it exists, and the request's slot holds one until its last completion
         // (for a zero-copy send, its notification).
         unsafe { self.submit(entry, Some(Box::new(data))) }
     }
@@ -277,27 +280,37 @@ impl Ring {
         let mut seen = 0;
         {
             let mut uring = self.uring.borrow_mut();
-            // Deferred completions and completions that overflowed the queue reach it only
-            // through an enter with GETEVENTS, which `submit` adds when these flags say so.
-            let enter = {
-                let sq = uring.submission();
-                sq.taskrun() || sq.cq_overflow()
-            };
-            if enter {
-                if let Err(e) = uring.submit() {
-                    tracing::warn!("io_uring enter to collect completions failed: {e}");
+            loop {
+                // While this core collects completions itself, the eventfd signals the kernel
+                // would send for them are wasted (each costs a glommio completion and a driver
+                // pass): hold them off, and look again once they are back on, for anything
+                // that arrived meanwhile.
+                uring.completion().disable_eventfd();
+                // Deferred completions and completions that overflowed the queue reach it only
+                // through an enter with GETEVENTS, which `submit` adds when these flags say so.
+                if self.kernel_has_more(&mut uring) {
+                    if let Err(e) = uring.submit() {
+                        tracing::warn!("io_uring enter to collect completions failed: {e}");
+                    }
                 }
-            }
-            let mut ops = self.ops.borrow_mut();
-            for cqe in uring.completion() {
-                seen += 1;
-                ops.complete(
-                    cqe.user_data(),
-                    cqe.result(),
-                    cqe.flags(),
-                    &self.bufs,
-                    &mut wakers,
-                );
+                let mut ops = self.ops.borrow_mut();
+                for cqe in uring.completion() {
+                    seen += 1;
+                    ops.complete(
+                        cqe.user_data(),
+                        cqe.result(),
+                        cqe.flags(),
+                        &self.bufs,
+                        &mut wakers,
+                    );
+                }
+                drop(ops);
+                uring.completion().enable_eventfd();
+                // Pairs with the kernel's "set the flag or post, then read the eventfd switch".
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                if !self.kernel_has_more(&mut uring) && uring.completion().is_empty() {
+                    break;
+                }
             }
         }
         for w in wakers.drain(..) {
@@ -305,6 +318,13 @@ impl Ring {
         }
         *self.wakers.borrow_mut() = wakers;
         seen
+    }
+
+    /// True when the kernel holds completions that only an enter with GETEVENTS brings out:
+    /// deferred ones (`IORING_SQ_TASKRUN`) or ones that overflowed the queue.
+    fn kernel_has_more(&self, uring: &mut IoUring) -> bool {
+        let sq = uring.submission();
+        sq.taskrun() || sq.cq_overflow()
     }
 
     /// Reaps completions whenever the kernel signals some, until [`Ring::close`]. Spawn it once
@@ -418,13 +438,6 @@ impl Op {
         }
         self.ring.reap();
         !self.ring.ops.borrow_mut().slot(self.key).queue.is_empty()
-    }
-
-    /// True once the request posted its last completion and every completion was taken.
-    pub(crate) fn is_finished(&self) -> bool {
-        let mut ops = self.ring.ops.borrow_mut();
-        let slot = ops.slot(self.key);
-        slot.done && slot.queue.is_empty()
     }
 
     /// True once the request posted its last completion (some may still be queued).

@@ -262,7 +262,12 @@ async fn serve_connection<A: App>(
     let mut recv: Option<Op> = None;
     let mut stopping = false;
     let mut last_data = Instant::now();
-    let pass_bytes = tune("BETTONG_URING_PASS").unwrap_or(cfg.read_buffer).max(1);
+    // Decode at most about `read_buffer` bytes per pass, as the glommio path reads at most that
+    // much per read: the output of one pass is one sink chunk, and a bounded chunk keeps the
+    // sink's queue (and the latency behind it) short.
+    let pass_bytes = cfg.read_buffer.max(1);
+    // When this task last waited for something (and so let the reactor run).
+    let mut reactor_seen = Instant::now();
     let ended = loop {
         let op = match &recv {
             Some(op) => op,
@@ -280,6 +285,7 @@ async fn serve_connection<A: App>(
             op.cancel();
         }
         if !op.has_completion() && !op.is_done() {
+            reactor_seen = Instant::now();
             if stopping {
                 op.ready().await;
             } else {
@@ -369,9 +375,16 @@ async fn serve_connection<A: App>(
             );
         }
         worker.flush().await;
-        // Completions that are always ready never make this task wait: let the core's other
-        // tasks (other connections, the sink writer, the stop watcher) run when they are due.
-        glommio::yield_if_needed().await;
+        // Under load completions are always queued (the kernel fills buffers while this core
+        // decodes), so this task never waits. glommio polls its reactor (socket readiness for
+        // the sink writer, wake-ups from the other cores' rings, timers) only once no task is
+        // runnable, or every preempt period (100 ms): yielding alone would still starve those,
+        // and the other cores would stall on full rings. A timer due at once sends this task
+        // through the next reactor poll, after the core's other runnable tasks.
+        if reactor_seen.elapsed() >= REACTOR_EVERY {
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+            reactor_seen = Instant::now();
+        }
         match next {
             Next::Read => {}
             Next::Rearm => {
@@ -435,6 +448,10 @@ async fn serve_connection<A: App>(
     }
     drop(stream);
 }
+
+/// How long a connection task may decode completions that are always ready before it lets the
+/// reactor run (see the end of [`serve_connection`]'s loop).
+const REACTOR_EVERY: Duration = Duration::from_micros(500);
 
 /// Arms a multishot receive once the core has a buffer to receive into. None on shutdown.
 async fn arm<A: App>(worker: &Worker<A>, ring: &Rc<Ring>, fd: RawFd) -> Option<io::Result<Op>> {
@@ -519,8 +536,4 @@ impl Drop for TaskGuard {
         self.0.live.set(self.0.live.get() - 1);
         self.0.gone.notify();
     }
-}
-
-pub(crate) fn tune(var: &str) -> Option<usize> {
-    std::env::var(var).ok().and_then(|v| v.parse().ok())
 }

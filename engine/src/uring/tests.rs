@@ -445,3 +445,97 @@ fn the_driver_survives_far_more_wakeups_than_a_task_has_references() {
         .join()
         .unwrap();
 }
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The measurement behind keeping the sink on glommio's `send(2)`: one sink's worth of chunks
+/// over loopback with `send(2)`, an io_uring `Send` and an io_uring `SendZc`, each awaited (the
+/// sink writes one chunk at a time, in order). Run with
+/// `cargo test --release -p bettong-engine sink_sends -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn sink_sends_over_loopback_send_vs_uring_send_vs_send_zc() {
+    LocalExecutorBuilder::default()
+        .spawn(|| async {
+            use std::os::fd::AsRawFd;
+            let total: usize = 2 << 30;
+            for chunk in [16 << 10, 64 << 10, 256 << 10] {
+                for how in ["send(2)", "uring Send", "uring SendZc"] {
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    let addr = listener.local_addr().unwrap();
+                    let reader = std::thread::spawn(move || {
+                        let (mut s, _) = listener.accept().unwrap();
+                        let mut buf = vec![0u8; 1 << 20];
+                        let mut n = 0;
+                        while let Ok(k) = s.read(&mut buf) {
+                            if k == 0 {
+                                break;
+                            }
+                            n += k;
+                        }
+                        n
+                    });
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    let ring = Ring::new(RingParams {
+                        entries: 32,
+                        buf_count: 0,
+                        buf_size: 0,
+                        defer_taskrun: true,
+                    })
+                    .unwrap();
+                    let driver = glommio::spawn_local(ring.clone().drive());
+                    let data: Rc<[u8]> = vec![b'x'; chunk].into();
+                    let (wall, cpu) = (Instant::now(), thread_cpu());
+                    let mut sent = 0;
+                    while sent < total {
+                        match how {
+                            "send(2)" => {
+                                s.write_all(&data[..]).unwrap();
+                                sent += chunk;
+                            }
+                            _ => {
+                                let op = ring
+                                    .send(s.as_raw_fd(), data.clone(), 0, how == "uring SendZc")
+                                    .unwrap();
+                                let mut n = 0;
+                                while let Some(c) = op.next().await {
+                                    if !io_uring::cqueue::notif(c.flags) {
+                                        assert!(c.res > 0, "{:?}", c.error());
+                                        n = c.res as usize;
+                                    }
+                                }
+                                sent += n;
+                            }
+                        }
+                    }
+                    let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
+                    drop(s);
+                    assert!(reader.join().unwrap() >= total);
+                    ring.close();
+                    driver.await;
+                    let gib = total as f64 / (1u64 << 30) as f64;
+                    println!(
+                        "{:>4} KiB chunks, {how:<12}: {:5.2} GiB/s, sender thread {:5.1} ms CPU per GiB",
+                        chunk >> 10,
+                        gib / wall.as_secs_f64(),
+                        cpu.as_secs_f64() * 1e3 / gib
+                    );
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
