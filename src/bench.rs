@@ -602,13 +602,19 @@ fn settle(
     loop {
         let t = metrics.total();
         let words = t.records_in - before.records_in;
-        let applied = t.records_applied - before.records_applied;
-        if applied == words && sink.wait_for(lines_before + words, Duration::from_millis(50)) {
+        // Quiescent when everything taken in so far has been applied (absolute totals, so a
+        // snapshot taken while records were crossing cores cannot skew the comparison) and its
+        // output lines have arrived.
+        let quiescent = t.records_applied == t.records_in;
+        if quiescent && sink.wait_for(lines_before + words, Duration::from_millis(50)) {
             return Ok(words);
         }
         if Instant::now() > deadline {
             bail!(
-                "the server took in {words} words but only {} output lines arrived within 120 s",
+                "the server took in {words} words ({} of all {} taken in applied) and {} output \
+                 lines arrived within 120 s",
+                t.records_applied,
+                t.records_in,
                 sink.lines.load(Relaxed) - lines_before
             );
         }

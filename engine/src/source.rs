@@ -47,6 +47,13 @@ pub struct TcpSourceConfig {
 ///
 /// [`TcpSourceConfig::new`] takes it from the `BETTONG_IO` environment variable (`uring` or
 /// `glommio`), else [`IoBackend::DEFAULT`].
+///
+/// ```
+/// use bettong_engine::IoBackend;
+/// assert_eq!("glommio".parse::<IoBackend>(), Ok(IoBackend::Glommio));
+/// assert_eq!("io_uring".parse::<IoBackend>(), Ok(IoBackend::Uring));
+/// assert!("epoll".parse::<IoBackend>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoBackend {
     /// Each core's own io_uring: multishot accept, multishot receive into provided buffers,
@@ -58,7 +65,8 @@ pub enum IoBackend {
 }
 
 impl IoBackend {
-    /// The backend used unless `BETTONG_IO` says otherwise (the faster one in our measurements).
+    /// The backend used unless `BETTONG_IO` says otherwise. Measured over loopback on two cores
+    /// the two read at the same rate; the io_uring path keeps the full-speed tail latency lower.
     pub const DEFAULT: IoBackend = IoBackend::Uring;
 
     /// `BETTONG_IO` (`uring` or `glommio`, any case), or [`IoBackend::DEFAULT`] when it is unset

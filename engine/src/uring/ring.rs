@@ -6,14 +6,17 @@
 //! request's completions (a multishot request posts many) until the task that owns the `Op`
 //! takes them.
 //!
-//! Completions are reaped by whoever gets there first: a task about to wait on its `Op` looks at
-//! the completion queue itself (a couple of loads when nothing is there), so a busy core never
-//! waits for a wake-up. When the core has nothing to do, the ring's eventfd
-//! (`IORING_REGISTER_EVENTFD`, written by the kernel whenever a completion is posted) wakes it:
+//! The ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN`: the kernel runs the receives whose
+//! data has arrived (copying it into provided buffers) only when this core asks, in one enter
+//! for all of them. Completions are reaped by whoever gets there first: a task about to wait on
+//! its `Op` looks at the ring itself (a couple of loads when nothing is there), so a busy core
+//! never waits for a wake-up. When the core has nothing to do, the ring's eventfd
+//! (`IORING_REGISTER_EVENTFD`, written by the kernel when work for this ring comes in) wakes it:
 //! the [`Ring::drive`] task awaits that eventfd through a glommio `BufferedFile` read, which
 //! glommio submits to its own ring (exactly how glommio waits on its own wake-up eventfd). An
 //! idle core therefore parks in glommio's `io_uring_enter` like any other idle glommio core: it
-//! neither spins nor polls on a timer.
+//! neither spins nor polls on a timer. While a task reaps, the eventfd is switched off
+//! (`IORING_CQ_EVENTFD_DISABLED`), so a busy core does not pay for wake-ups it does not need.
 //!
 //! Memory safety rests on one rule: a request's memory lives at least as long as the request.
 //! Buffers a request reads are kept in its slot until its last completion (an `Op` dropped early
@@ -52,10 +55,6 @@ pub(crate) struct RingParams {
     pub buf_count: u16,
     /// Bytes per provided buffer.
     pub buf_size: u32,
-    /// Run completions only when this core asks for them (`IORING_SETUP_DEFER_TASKRUN` with
-    /// `SINGLE_ISSUER`), instead of interrupting the core's thread as they happen. Falls back to
-    /// the plain setup on kernels that refuse it.
-    pub defer_taskrun: bool,
 }
 
 /// One completion of a request: its result, its flags and, for a receive, the buffer it filled.
@@ -107,23 +106,27 @@ impl Ring {
         let cq = (params.entries * 4)
             .max(params.buf_count as u32 * 2)
             .max(64);
-        let build = |defer: bool| {
-            let mut b = IoUring::builder();
-            b.setup_cqsize(cq);
-            if defer {
-                b.setup_single_issuer()
-                    .setup_defer_taskrun()
-                    .setup_taskrun_flag();
-            }
-            b.build(params.entries)
-        };
-        let uring = match build(params.defer_taskrun) {
-            Err(e) if params.defer_taskrun && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("io_uring refused DEFER_TASKRUN ({e}); using the plain setup");
-                build(false)?
-            }
-            other => other?,
-        };
+        // The core's thread is the only submitter, and completions are run when it asks for
+        // them (DEFER_TASKRUN) rather than by interrupting it as they happen: a whole batch of
+        // receives is then copied in one enter. This needs Linux 6.1, which also has everything
+        // else this source uses (provided-buffer rings, multishot accept and receive, sync
+        // cancel), so a kernel that refuses it gets the glommio path instead.
+        let uring = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .build(params.entries)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "this kernel refuses an io_uring with DEFER_TASKRUN ({e}); the io_uring \
+                         source needs Linux 6.1 or later"
+                    ),
+                ),
+                _ => e,
+            })?;
         // SAFETY: eventfd(2) takes no pointers; a non-negative result is a new descriptor that
         // nothing else owns. It stays blocking: glommio's read of it must wait, not fail.
         let fd: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };

@@ -40,7 +40,6 @@ fn tiny(buf_count: u16) -> RingParams {
         entries: 32,
         buf_count,
         buf_size: 64,
-        defer_taskrun: true,
     }
 }
 
@@ -492,8 +491,7 @@ fn sink_sends_over_loopback_send_vs_uring_send_vs_send_zc() {
                         entries: 32,
                         buf_count: 0,
                         buf_size: 0,
-                        defer_taskrun: true,
-                    })
+                                })
                     .unwrap();
                     let driver = glommio::spawn_local(ring.clone().drive());
                     let data: Rc<[u8]> = vec![b'x'; chunk].into();
