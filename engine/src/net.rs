@@ -47,9 +47,15 @@ pub(crate) struct TaskCount {
 }
 
 impl TaskCount {
-    fn enter(self: &Rc<Self>) -> TaskGuard {
+    /// Counts a new live task until the returned guard is dropped.
+    pub(crate) fn enter(self: &Rc<Self>) -> TaskGuard {
         self.live.set(self.live.get() + 1);
         TaskGuard(self.clone())
+    }
+
+    /// Tasks live now.
+    pub(crate) fn live(&self) -> usize {
+        self.live.get()
     }
 
     /// Resolves once no task is live.
@@ -60,7 +66,8 @@ impl TaskCount {
     }
 }
 
-struct TaskGuard(Rc<TaskCount>);
+/// Keeps one task counted as live; dropping it ends the task's count.
+pub(crate) struct TaskGuard(Rc<TaskCount>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
@@ -281,18 +288,7 @@ async fn serve_connection<A: App>(
             break Ended::Stopped;
         }
         // Read only while the sink can take more: a stalled sink stops the reading here.
-        let stop = or(
-            async {
-                worker.sink.wait_room().await;
-                false
-            },
-            async {
-                worker.shutdown.wait().await;
-                true
-            },
-        )
-        .await;
-        if stop {
+        if worker.wait_room_or_stop().await {
             break Ended::Stopped;
         }
         let inside_frame = !rb.pending().is_empty();

@@ -6,13 +6,13 @@
 //! shutdown the sources stop reading, the frames already received are finished, every core tells
 //! its peers it is done, and the sinks flush before the core exits.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+
+use crate::notify::Notify;
 
 /// Asks a running engine to stop gracefully. Cheap to clone and usable from any thread.
 ///
@@ -62,10 +62,9 @@ pub struct Shutdown {
 #[derive(Debug, Default)]
 struct Inner {
     triggered: Cell<bool>,
-    /// Wakers of pending waits, by slot; a wait frees its slot when dropped, so tasks that come
-    /// and go (connections) leave nothing behind.
-    waiters: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
+    /// Wakes the waits when the shutdown fires; each wait frees its slot when dropped, so tasks
+    /// that come and go (connections) leave nothing behind.
+    fired: Notify,
 }
 
 impl Shutdown {
@@ -77,11 +76,7 @@ impl Shutdown {
     /// Fires the shutdown and wakes every task waiting for it.
     pub fn trigger(&self) {
         if !self.inner.triggered.replace(true) {
-            for w in self.inner.waiters.borrow_mut().iter_mut() {
-                if let Some(w) = w.take() {
-                    w.wake();
-                }
-            }
+            self.inner.fired.notify();
         }
     }
 
@@ -92,52 +87,11 @@ impl Shutdown {
 
     /// Resolves when the shutdown fires.
     pub fn wait(&self) -> impl Future<Output = ()> + 'static {
-        Wait {
-            inner: self.inner.clone(),
-            slot: None,
-        }
-    }
-}
-
-struct Wait {
-    inner: Rc<Inner>,
-    slot: Option<usize>,
-}
-
-impl Future for Wait {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.inner.triggered.get() {
-            return Poll::Ready(());
-        }
-        let waker = Some(cx.waker().clone());
-        match self.slot {
-            Some(i) => self.inner.waiters.borrow_mut()[i] = waker,
-            None => {
-                let mut waiters = self.inner.waiters.borrow_mut();
-                let i = match self.inner.free.borrow_mut().pop() {
-                    Some(i) => {
-                        waiters[i] = waker;
-                        i
-                    }
-                    None => {
-                        waiters.push(waker);
-                        waiters.len() - 1
-                    }
-                };
-                drop(waiters);
-                self.slot = Some(i);
+        let inner = self.inner.clone();
+        async move {
+            while !inner.triggered.get() {
+                inner.fired.wait().await;
             }
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Wait {
-    fn drop(&mut self) {
-        if let Some(i) = self.slot {
-            self.inner.waiters.borrow_mut()[i] = None;
-            self.inner.free.borrow_mut().push(i);
         }
     }
 }

@@ -250,6 +250,23 @@ impl<A: App> Worker<A> {
         glommio::executor().yield_now().await;
     }
 
+    /// Waits until the sink can take more output, or until shutdown. Returns true on shutdown.
+    /// Sources call this before taking more input, so a stalled sink stops the reading (and
+    /// TCP flow control pushes back on the sender) instead of output piling up.
+    pub(crate) async fn wait_room_or_stop(&self) -> bool {
+        futures_lite::future::or(
+            async {
+                self.sink.wait_room().await;
+                false
+            },
+            async {
+                self.shutdown.wait().await;
+                true
+            },
+        )
+        .await
+    }
+
     /// Tells every other core that this core's sources are finished.
     pub(crate) async fn send_done(&self) {
         let _permit = match &self.ck {

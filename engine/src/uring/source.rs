@@ -18,7 +18,6 @@
 //! and at most `max_connections_per_core` are open per core. On shutdown the core stops
 //! accepting, cancels each receive, decodes what had already been received, and returns.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -32,8 +31,8 @@ use super::reassembly::Reassembly;
 use super::ring::{Op, Ring, RingParams};
 use crate::codec::{FrameDecoder, FrameTooLarge};
 use crate::metrics::CoreMetrics;
+use crate::net::TaskCount;
 use crate::net::{may_log, LogKind, LogLimit};
-use crate::notify::Notify;
 use crate::pipeline::App;
 use crate::source::TcpSourceConfig;
 use crate::worker::Worker;
@@ -115,7 +114,7 @@ pub(crate) async fn run_tcp_source<A: App>(
 ) {
     let UringListener { ring, socket } = listener;
     let driver = glommio::spawn_local(ring.clone().drive());
-    let tasks = Rc::new(Tasks::default());
+    let tasks = Rc::new(TaskCount::default());
     accept_until_shutdown(&worker, &ring, &socket, &cfg, &tasks).await;
     drop(socket);
     let core = worker.index;
@@ -135,7 +134,7 @@ async fn accept_until_shutdown<A: App>(
     ring: &Rc<Ring>,
     socket: &Socket,
     cfg: &TcpSourceConfig,
-    tasks: &Rc<Tasks>,
+    tasks: &Rc<TaskCount>,
 ) {
     let core = worker.index;
     let m = worker.metrics.core(core);
@@ -186,7 +185,7 @@ async fn accept_until_shutdown<A: App>(
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if tasks.live.get() >= cfg.max_connections_per_core {
+        if tasks.live() >= cfg.max_connections_per_core {
             CoreMetrics::add(&m.connections_refused, 1);
             if let Some(n) = may_log(LogKind::Refused) {
                 tracing::warn!(
@@ -304,18 +303,7 @@ async fn serve_connection<A: App>(
         if !stopping {
             // Take more input only while the sink can take more output (as the glommio path
             // does): a slow sink then stops the decoding here, and the kernel's buffers fill.
-            let stop = or(
-                async {
-                    worker.sink.wait_room().await;
-                    false
-                },
-                async {
-                    worker.shutdown.wait().await;
-                    true
-                },
-            )
-            .await;
-            if stop {
+            if worker.wait_room_or_stop().await {
                 stopping = true;
                 op.cancel();
                 continue;
@@ -507,33 +495,4 @@ async fn wait<A: App>(
         Wake::Idle
     };
     or(or(ready, stop), idle).await
-}
-
-/// Counts one core's live connection tasks, so that shutdown can wait for them.
-#[derive(Default)]
-struct Tasks {
-    live: Cell<usize>,
-    gone: Notify,
-}
-
-impl Tasks {
-    fn enter(self: &Rc<Self>) -> TaskGuard {
-        self.live.set(self.live.get() + 1);
-        TaskGuard(self.clone())
-    }
-
-    async fn wait_idle(&self) {
-        while self.live.get() > 0 {
-            self.gone.wait().await;
-        }
-    }
-}
-
-struct TaskGuard(Rc<Tasks>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.live.set(self.0.live.get() - 1);
-        self.0.gone.notify();
-    }
 }
