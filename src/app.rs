@@ -5,7 +5,7 @@
 //! to the core that owns it; that core keeps the word's running total and emits
 //! `word => count\n` for every occurrence.
 
-use bettong_engine::App;
+use bettong_engine::PersistApp;
 use bettong_engine::Pipeline;
 
 /// Appends one output line, `word => count\n`.
@@ -39,7 +39,7 @@ pub fn encode_line(word: &str, count: u64, out: &mut Vec<u8>) {
 /// let lines: Vec<String> = report.output_lines().collect();
 /// assert_eq!(lines, ["hello => 1", "world => 1", "hello => 2", "again => 1"]);
 /// ```
-pub fn word_count() -> impl App<State = u64, Value = ()> {
+pub fn word_count() -> impl PersistApp {
     Pipeline::text()
         // Each core's copy of this closure owns its own scratch buffer for lowercasing.
         .flat_map({

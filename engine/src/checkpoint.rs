@@ -36,6 +36,7 @@
 mod coordinator;
 mod cut;
 mod format;
+mod participant;
 mod persist;
 mod recovery;
 
@@ -43,11 +44,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) use coordinator::{
-    describe_source, Contribution, Coordinator, CoordinatorConfig, Link, Report, SourceKind,
+    describe_source, Coordinator, CoordinatorConfig, Link, SourceKind,
 };
-pub(crate) use cut::CoreCheckpoint;
+pub(crate) use cut::PreCut;
 pub use format::SourceMark;
-pub(crate) use format::{entries, push_entry};
+pub(crate) use participant::{run_initiator, CkOps, Participant};
+pub use participant::{PersistApp, PersistChain, PersistTail};
 pub use persist::Persist;
 pub(crate) use recovery::{scan, Decoders, Valid};
 
@@ -101,7 +103,6 @@ impl Checkpoints {
 /// How the engine encodes and decodes the pipeline's state and values: [`Persist`] as plain
 /// functions, so that the runtime needs no `Persist` bound unless checkpoints are on.
 pub(crate) struct Codec<S> {
-    pub persist: fn(&S, &mut Vec<u8>),
     pub restore: fn(&mut &[u8]) -> Option<S>,
 }
 
@@ -116,7 +117,6 @@ impl<S> Copy for Codec<S> {}
 impl<S: Persist> Codec<S> {
     pub(crate) fn of() -> Self {
         Codec {
-            persist: <S as Persist>::persist,
             restore: <S as Persist>::restore,
         }
     }
@@ -141,9 +141,11 @@ pub struct Checkpoint<S> {
     pub cores: usize,
     /// Where the source was at the cut.
     pub source: SourceMark,
-    /// Every key and its state.
+    /// Every key of the first state step and its state. Keys are given as text: string keys
+    /// as they are, other keys as their [`PersistKey`](crate::key::PersistKey) bytes, lossily.
     pub state: Vec<(String, S)>,
-    /// Records that were on their way between cores at the cut: `(key, encoded value)`. A
+    /// Records that were on their way between cores at the cut to the first state step:
+    /// `(key, encoded value)`. A
     /// restore applies them to `state` through the pipeline's state step; the state a
     /// checkpoint stands for is `state` with these applied.
     pub in_flight: Vec<(String, Vec<u8>)>,
@@ -172,16 +174,21 @@ pub fn read<S: Persist>(dir: &Path, id: u64) -> Result<Checkpoint<S>, Error> {
     let codec = Codec::<S>::of();
     let cdir = dir.join(format::checkpoint_dir_name(id));
     // Values are not checked here: their type is not known.
-    let state = |b: &[u8]| codec.decode(b).is_some();
+    let state = |stage: usize, _: &[u8], b: &[u8]| stage != 0 || codec.decode(b).is_some();
     let decoders = Decoders {
         state: &state,
-        value: &|_| true,
+        value: &|_, _, _| true,
     };
     let v = recovery::load(&cdir, id, &decoders).map_err(|why| Error::Io {
         what: format!("reading checkpoint {id} in {}", dir.display()),
         source: std::io::Error::other(why),
     })?;
     Ok(to_checkpoint(&v, &codec))
+}
+
+/// A key's bytes as text (string keys are stored as their UTF-8).
+fn key_text(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
 }
 
 fn to_checkpoint<S>(v: &Valid, codec: &Codec<S>) -> Checkpoint<S> {
@@ -192,11 +199,13 @@ fn to_checkpoint<S>(v: &Valid, codec: &Codec<S>) -> Checkpoint<S> {
         source: v.manifest.source.clone(),
         state: v
             .entries()
-            .filter_map(|(k, s)| Some((k.to_string(), codec.decode(s)?)))
+            .filter(|(stage, _, _)| *stage == 0)
+            .filter_map(|(_, k, s)| Some((key_text(k), codec.decode(s)?)))
             .collect(),
         in_flight: v
             .in_flight()
-            .map(|(k, b)| (k.to_string(), b.to_vec()))
+            .filter(|(stage, _, _)| *stage == 0)
+            .map(|(_, k, b)| (key_text(k), b.to_vec()))
             .collect(),
     }
 }
@@ -216,10 +225,10 @@ pub fn latest<S: Persist>(dir: &Path) -> Result<Option<Checkpoint<S>>, Error> {
         return Ok(None);
     }
     let codec = Codec::<S>::of();
-    let state = |b: &[u8]| codec.decode(b).is_some();
+    let state = |stage: usize, _: &[u8], b: &[u8]| stage != 0 || codec.decode(b).is_some();
     let decoders = Decoders {
         state: &state,
-        value: &|_| true,
+        value: &|_, _, _| true,
     };
     let found = scan(dir, &decoders)?;
     Ok(found.latest.map(|v| to_checkpoint(&v, &codec)))

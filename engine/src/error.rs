@@ -51,6 +51,20 @@ pub enum Error {
         /// What the thread reported.
         reason: String,
     },
+    /// The run was given another number of sources than the pipeline has.
+    #[error(
+        "the pipeline has {pipeline} source(s) but {given} source configuration(s) were given \
+         (give one per source, in the order the pipeline merges them)"
+    )]
+    SourceCount {
+        /// Sources of the pipeline.
+        pipeline: usize,
+        /// Source configurations given.
+        given: usize,
+    },
+    /// A combination the engine does not support yet.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// An OS-level failure outside any one core.
     #[error("{what}: {source}")]
     Io {

@@ -318,6 +318,7 @@ fn decode_whole(
 /// Reads this core's `ranges` of the file in order, stopping early on shutdown.
 pub(crate) async fn run_file_source<A: App>(
     worker: Rc<Worker<A>>,
+    source: usize,
     cfg: FileSourceConfig,
     path: PathBuf,
     ranges: Vec<(u64, u64)>,
@@ -361,7 +362,7 @@ pub(crate) async fn run_file_source<A: App>(
                 }
             };
             let ((used, stop), seen) =
-                worker.ingest(|on_frame| decode_whole(&decoder, &buf, on_frame));
+                worker.ingest(source, |on_frame| decode_whole(&decoder, &buf, on_frame));
             pos += used as u64;
             // In the same step as the ingest: a checkpoint cut sees the position and the
             // records that go with it, or neither.

@@ -41,8 +41,10 @@
 
 pub mod checkpoint;
 pub mod codec;
+mod dataflow;
 mod error;
 mod file_source;
+pub mod key;
 mod memory;
 pub mod metrics;
 mod net;
@@ -57,12 +59,13 @@ pub mod state;
 mod uring;
 mod worker;
 
-pub use checkpoint::{Checkpoints, Persist};
+pub use checkpoint::{Checkpoints, Persist, PersistApp};
+pub use dataflow::DecodeError;
 pub use error::Error;
 pub use file_source::FileSourceConfig;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use pipeline::{App, Pipeline};
-pub use runtime::{online_cpus, Engine, Report, Running};
+pub use runtime::{online_cpus, Engine, IntoSources, Report, Running};
 pub use shutdown::StopHandle;
 pub use sink::{SinkConfig, TcpSinkConfig};
 pub use source::{IoBackend, MemorySource, SourceConfig, TcpSourceConfig};

@@ -14,6 +14,7 @@ use crate::worker::Worker;
 /// Feeds this core's share of `src`, `src.repeat` times, stopping early on shutdown.
 pub(crate) async fn run_memory_source<A: App>(
     worker: Rc<Worker<A>>,
+    source: usize,
     src: MemorySource,
     cores: usize,
 ) {
@@ -26,7 +27,7 @@ pub(crate) async fn run_memory_source<A: App>(
                 return;
             }
             let end = (pos + src.slice_bytes).min(share.len());
-            let (consumed, _) = worker.ingest(|on_frame| {
+            let (consumed, _) = worker.ingest(source, |on_frame| {
                 // Whole frames starting in [pos, end): a slice always makes progress.
                 let mut p = pos;
                 while p < end {

@@ -158,6 +158,7 @@ pub(crate) fn bind(cfg: &TcpSourceConfig, core: usize) -> Result<TcpListener, cr
 /// had received.
 pub(crate) async fn run_tcp_source<A: App>(
     worker: Rc<Worker<A>>,
+    source: usize,
     listener: TcpListener,
     cfg: TcpSourceConfig,
 ) {
@@ -212,7 +213,7 @@ pub(crate) async fn run_tcp_source<A: App>(
         let guard = tasks.enter();
         let (worker, cfg) = (worker.clone(), cfg.clone());
         glommio::spawn_local(async move {
-            serve_connection(&worker, stream, peer, &cfg).await;
+            serve_connection(&worker, source, stream, peer, &cfg).await;
             drop(guard);
         })
         .detach();
@@ -248,6 +249,7 @@ enum Ended {
 /// Reads one connection until it ends, fails, times out or the core shuts down.
 async fn serve_connection<A: App>(
     worker: &Worker<A>,
+    source: usize,
     mut stream: TcpStream,
     peer: SocketAddr,
     cfg: &TcpSourceConfig,
@@ -315,7 +317,7 @@ async fn serve_connection<A: App>(
             Event::Read(Err(e)) => break Ended::Failed(e),
         };
         rb.filled_by(n);
-        let (result, seen) = worker.ingest(|on_frame| rb.drain_frames(&decoder, on_frame));
+        let (result, seen) = worker.ingest(source, |on_frame| rb.drain_frames(&decoder, on_frame));
         if seen.rejected > 0 && worker.may_log_reject() {
             tracing::warn!(
                 core,

@@ -2,9 +2,10 @@
 //!
 //! This is the only place where data crosses cores. A key is hashed once, on the core that
 //! decoded it; the hash picks the owner core and travels with the key, so the owner never hashes
-//! it again. Keys owned by the decoding core never leave it. Keys for other cores are copied into
-//! a [`Batch`] per destination (one arena of key bytes plus fixed-size records) and sent as one
-//! message over the SPSC ring between the two cores, as Seastar does.
+//! it again. Keys owned by the decoding core never leave it. Records for other cores are moved
+//! (keys in their owned form, values as they are: no serialisation) into a [`Batch`] per
+//! destination and state step, and sent as one message over the SPSC ring between the two
+//! cores, as Seastar does. A chained pipeline routes again at each `key_by`.
 //!
 //! hashbrown buckets a key with the low bits of its hash and tags it with the top 7 bits. The
 //! owner is therefore chosen from bits 32..57, which neither uses, so the keys that land on one
@@ -52,7 +53,7 @@ impl Router {
 
     /// The key's hash, computed once and carried with it.
     #[inline]
-    pub fn hash(&self, key: &str) -> u64 {
+    pub fn hash<K: std::hash::Hash + ?Sized>(&self, key: &K) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -64,64 +65,45 @@ impl Router {
     }
 }
 
-/// One routed record inside a [`Batch`]: the key's place in the batch's arena, its hash and the
-/// value that goes with it.
-#[derive(Debug, Clone, Copy)]
-struct Routed<V> {
-    hash: u64,
-    start: u32,
-    len: u32,
-    value: V,
-}
-
-/// Keyed records bound for one core: the unit of cross-core traffic.
+/// Records bound for one core at one state step: the unit of cross-core traffic. Keys are in
+/// their owned form ([`Key::Owned`](crate::key::Key::Owned)), which for string keys is an
+/// inline copy, so a batch of words costs no allocation per word.
 ///
 /// ```
 /// use bettong_engine::routing::Batch;
-/// let mut b: Batch<()> = Batch::default();
-/// b.push(42, "hello", ());
-/// let recs: Vec<_> = b.iter().map(|(h, k, _)| (h, k.to_string())).collect();
-/// assert_eq!(recs, vec![(42, "hello".to_string())]);
+/// let mut b: Batch<u32, ()> = Batch::default();
+/// b.push(42, 7, ());
+/// assert_eq!(b.iter().map(|(h, k, _)| (*h, *k)).collect::<Vec<_>>(), [(42, 7)]);
 /// ```
 #[derive(Debug)]
-pub struct Batch<V> {
-    arena: String,
-    records: Vec<Routed<V>>,
+pub struct Batch<K, V> {
+    records: Vec<(u64, K, V)>,
     /// When the oldest record in the batch arrived at the engine, for latency histograms.
     pub born: Option<std::time::Instant>,
 }
 
-impl<V> Default for Batch<V> {
+impl<K, V> Default for Batch<K, V> {
     fn default() -> Self {
         Batch {
-            arena: String::new(),
             records: Vec::new(),
             born: None,
         }
     }
 }
 
-impl<V: Copy> Batch<V> {
-    /// An empty batch with room for `records` records of about `key_bytes` bytes of keys.
-    pub fn with_capacity(records: usize, key_bytes: usize) -> Self {
+impl<K, V> Batch<K, V> {
+    /// An empty batch with room for `records` records.
+    pub fn with_capacity(records: usize) -> Self {
         Batch {
-            arena: String::with_capacity(key_bytes),
             records: Vec::with_capacity(records),
             born: None,
         }
     }
 
-    /// Copies `key` into the batch.
+    /// Adds a record.
     #[inline]
-    pub fn push(&mut self, hash: u64, key: &str, value: V) {
-        let start = self.arena.len() as u32;
-        self.arena.push_str(key);
-        self.records.push(Routed {
-            hash,
-            start,
-            len: key.len() as u32,
-            value,
-        });
+    pub fn push(&mut self, hash: u64, key: K, value: V) {
+        self.records.push((hash, key, value));
     }
 
     /// Number of records.
@@ -134,27 +116,34 @@ impl<V: Copy> Batch<V> {
         self.records.is_empty()
     }
 
-    /// Bytes of key data held.
-    pub fn key_bytes(&self) -> usize {
-        self.arena.len()
+    /// The records, in the order they were pushed: `(hash, key, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, K, V)> + '_ {
+        self.records.iter()
     }
 
-    /// The records, in the order they were pushed: `(hash, key, value)`.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &str, V)> + '_ {
-        self.records.iter().map(move |r| {
-            let key = &self.arena[r.start as usize..(r.start + r.len) as usize];
-            (r.hash, key, r.value)
-        })
+    /// Takes the records out, in order.
+    pub fn into_records(self) -> std::vec::IntoIter<(u64, K, V)> {
+        self.records.into_iter()
     }
 }
 
+/// A batch whose key and value types are known only to the state step it is for: the rings
+/// between cores carry batches of every step of a chained pipeline.
+pub(crate) type AnyBatch = Box<dyn std::any::Any + Send>;
+
 /// Messages on the ring from one core to another.
-#[derive(Debug)]
-pub enum Envelope<V> {
-    /// Records owned by the receiving core.
-    Batch(Batch<V>),
-    /// The sending core has delivered everything it will ever send: its sources are finished.
-    Done,
+pub(crate) enum Envelope {
+    /// Records owned by the receiving core, for state step `stage` (a [`Batch`] of that step's
+    /// key and value types), with the arrival time of the oldest.
+    Batch {
+        stage: usize,
+        records: AnyBatch,
+        len: usize,
+        born: Option<std::time::Instant>,
+    },
+    /// The sending core will send no more records for state step `stage`. After `Done` of the
+    /// last step it sends nothing at all.
+    Done { stage: usize },
     /// Checkpoint barrier: every record the sending core read before its cut for this
     /// checkpoint came before it on this ring, and every record after, after it.
     Barrier(u64),
@@ -169,7 +158,7 @@ mod tests {
         let router = Router::new(3, 1);
         let mut seen = [0usize; 3];
         for i in 0..30_000 {
-            seen[router.owner(router.hash(&format!("key{i}")))] += 1;
+            seen[router.owner(router.hash(format!("key{i}").as_str()))] += 1;
         }
         for n in seen {
             assert!((9_000..11_000).contains(&n), "uneven routing: {seen:?}");
@@ -182,5 +171,6 @@ mod tests {
         let b = a.clone();
         assert_eq!(a.hash("x"), b.hash("x"));
         assert_ne!(Router::new(2, 10).hash("x"), a.hash("x"));
+        assert_eq!(a.hash(&5u64), b.hash(&5u64));
     }
 }

@@ -1,82 +1,38 @@
-//! Keyed state: one core's shard of every key's state.
+//! Keyed state: one core's shard of one state step's keys.
 //!
-//! Each core owns one [`Shard`] and nobody else touches it, so it needs no lock. Entries keep the
-//! hash computed by the decoding core, so a lookup never hashes the key again and the table
-//! never rehashes a key when it grows. Keys of up to [`INLINE_KEY`] bytes (nearly every word)
-//! live inside the table slot itself, so a hit costs no pointer chase to a separate allocation.
+//! Each core owns one [`Shard`] per state step and nobody else touches it, so it needs no lock.
+//! Entries keep the hash computed by the core that made the key, so a lookup never hashes the
+//! key again and the table never rehashes a key when it grows. String and byte keys of up to
+//! [`INLINE_KEY`](crate::key::INLINE_KEY) bytes (nearly every word) live inside the table slot
+//! itself ([`SmallStr`](crate::key::SmallStr)), so a hit costs no pointer chase.
 
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
 
-/// Longest key stored inline in its table slot; longer keys get their own allocation.
-pub const INLINE_KEY: usize = 23;
+use crate::key::Key;
 
-/// An owned copy of a key: inline when short, boxed otherwise.
-#[derive(Debug)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Box<str>),
-}
-
-impl Key {
-    fn new(key: &str) -> Self {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key.as_bytes());
-            Key::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            Key::Heap(key.into())
-        }
-    }
-
-    #[inline]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => &bytes[..*len as usize],
-            Key::Heap(b) => b.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Built from a &str, so always valid UTF-8; checked anyway since this is off the hot path.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        match self {
-            Key::Inline { .. } => 0,
-            Key::Heap(b) => b.len(),
-        }
-    }
-}
-
-/// One key's slot: its hash, an owned copy of the key, and the user's state.
-#[derive(Debug)]
-struct Slot<S> {
+/// One key's slot: its hash, the owned key, and the user's state.
+struct Slot<K: ?Sized + Key, S> {
     hash: u64,
-    key: Key,
+    key: K::Owned,
     state: S,
 }
 
-/// A core's shard of keyed state.
+/// A core's shard of one state step's keyed state.
 ///
 /// ```
 /// use bettong_engine::state::Shard;
-/// let mut shard: Shard<u64> = Shard::new();
-/// *shard.get_or_default(7, "word") += 1;
-/// *shard.get_or_default(7, "word") += 1;
+/// let mut shard: Shard<str, u64> = Shard::new();
+/// *shard.get_or_insert_with(7, "word", |_| 0) += 1;
+/// *shard.get_or_insert_with(7, "word", |_| 0) += 1;
 /// assert_eq!(shard.get(7, "word"), Some(&2));
 /// assert_eq!(shard.len(), 1);
 /// ```
-#[derive(Debug)]
-pub struct Shard<S> {
-    table: HashTable<Slot<S>>,
+pub struct Shard<K: ?Sized + Key, S> {
+    table: HashTable<Slot<K, S>>,
     key_bytes: usize,
 }
 
-impl<S> Default for Shard<S> {
+impl<K: ?Sized + Key, S> Default for Shard<K, S> {
     fn default() -> Self {
         Shard {
             table: HashTable::new(),
@@ -85,44 +41,61 @@ impl<S> Default for Shard<S> {
     }
 }
 
-impl<S: Default> Shard<S> {
+impl<K: ?Sized + Key, S> Shard<K, S> {
     /// An empty shard.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The state of `key` (whose hash is `hash`), created with `S::default()` on first sight.
-    /// The key is copied only when it is new.
+    /// The state of `key` (whose hash is `hash`), created with `init(key)` on first sight. The
+    /// key is copied only when it is new.
     #[inline]
-    pub fn get_or_default(&mut self, hash: u64, key: &str) -> &mut S {
+    pub fn get_or_insert_with(
+        &mut self,
+        hash: u64,
+        key: &K,
+        init: impl FnOnce(&K) -> S,
+    ) -> &mut S {
         let entry = self.table.entry(
             hash,
-            |slot| slot.hash == hash && slot.key.as_bytes() == key.as_bytes(),
+            |slot| slot.hash == hash && key.eq_owned(&slot.key),
             |slot| slot.hash,
         );
         match entry {
             TableEntry::Occupied(o) => &mut o.into_mut().state,
             TableEntry::Vacant(v) => {
-                let key = Key::new(key);
-                self.key_bytes += key.heap_bytes();
+                let owned = key.to_owned_key();
+                self.key_bytes += heap_bytes::<K>(&owned);
                 let slot = v.insert(Slot {
                     hash,
-                    key,
-                    state: S::default(),
+                    key: owned,
+                    state: init(key),
                 });
                 &mut slot.into_mut().state
             }
         }
     }
-}
 
-impl<S> Shard<S> {
+    /// Puts `state` in for an owned key (a restore), replacing any state it had.
+    pub fn insert_owned(&mut self, hash: u64, key: K::Owned, state: S) {
+        let k = K::borrow_owned(&key);
+        match self.table.entry(
+            hash,
+            |slot| slot.hash == hash && k.eq_owned(&slot.key),
+            |slot| slot.hash,
+        ) {
+            TableEntry::Occupied(mut o) => o.get_mut().state = state,
+            TableEntry::Vacant(v) => {
+                self.key_bytes += heap_bytes::<K>(&key);
+                v.insert(Slot { hash, key, state });
+            }
+        }
+    }
+
     /// The state of `key`, if it has been seen.
-    pub fn get(&self, hash: u64, key: &str) -> Option<&S> {
+    pub fn get(&self, hash: u64, key: &K) -> Option<&S> {
         self.table
-            .find(hash, |slot| {
-                slot.hash == hash && slot.key.as_bytes() == key.as_bytes()
-            })
+            .find(hash, |slot| slot.hash == hash && key.eq_owned(&slot.key))
             .map(|slot| &slot.state)
     }
 
@@ -137,31 +110,44 @@ impl<S> Shard<S> {
     }
 
     /// Every key and its state, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &S)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
         self.table
             .iter()
-            .map(|slot| (slot.key.as_str(), &slot.state))
+            .map(|slot| (K::borrow_owned(&slot.key), &slot.state))
     }
 
     /// Approximate heap bytes held: table slots and control bytes plus long keys. Divided by
     /// [`Shard::len`] it gives the memory cost of one distinct key.
     pub fn heap_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<Slot<S>>() + 1;
+        let slot = std::mem::size_of::<Slot<K, S>>() + 1;
         self.table.capacity() * slot + self.key_bytes
+    }
+}
+
+/// Heap bytes an owned key holds outside its slot (string and byte keys past the inline size).
+fn heap_bytes<K: ?Sized + Key>(owned: &K::Owned) -> usize {
+    let any: &dyn std::any::Any = owned;
+    if let Some(s) = any.downcast_ref::<crate::key::SmallStr>() {
+        s.heap_bytes()
+    } else if let Some(b) = any.downcast_ref::<crate::key::SmallBytes>() {
+        b.heap_bytes()
+    } else {
+        0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::INLINE_KEY;
 
     #[test]
     fn short_and_long_keys_are_found_and_kept_apart() {
-        let mut shard: Shard<u64> = Shard::new();
+        let mut shard: Shard<str, u64> = Shard::new();
         let long = "x".repeat(INLINE_KEY + 1);
         let exact = "y".repeat(INLINE_KEY);
         for (i, k) in ["a", exact.as_str(), long.as_str(), ""].iter().enumerate() {
-            *shard.get_or_default(1, k) += i as u64 + 1;
+            *shard.get_or_insert_with(1, k, |_| 0) += i as u64 + 1;
         }
         assert_eq!(shard.get(1, "a"), Some(&1));
         assert_eq!(shard.get(1, &exact), Some(&2));
@@ -172,5 +158,16 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["", "a", long.as_str(), exact.as_str()]);
         assert!(shard.heap_bytes() >= long.len());
+    }
+
+    #[test]
+    fn typed_keys_and_restores() {
+        let mut shard: Shard<[u8; 4], f64> = Shard::new();
+        *shard.get_or_insert_with(3, b"IBM ", |_| 1.0) += 1.0;
+        shard.insert_owned(3, *b"AAPL", 5.0);
+        shard.insert_owned(3, *b"IBM ", 7.0);
+        assert_eq!(shard.get(3, b"IBM "), Some(&7.0));
+        assert_eq!(shard.get(3, b"AAPL"), Some(&5.0));
+        assert_eq!(shard.len(), 2);
     }
 }

@@ -1,82 +1,110 @@
 //! The worker: everything one core owns, and the two things a core does with records.
 //!
-//! A [`Worker`] lives on exactly one core (it is `!Send`): its pipeline halves, its shard of
-//! keyed state, its outboxes (one batch per other core), its ends of the SPSC rings and its sink
-//! port. Source tasks call [`Worker::ingest`] on frames they read, then [`Worker::flush`];
-//! one drain task per peer core applies the batches that arrive ([`drain_peer`]).
+//! A [`Worker`] lives on exactly one core (it is `!Send`): its running copy of the pipeline
+//! (the sources' front halves and the chain of state steps, with this core's shard of each
+//! step's keys), its outboxes (one batch per other core and state step), its ends of the SPSC
+//! rings and its sink port. Source tasks call [`Worker::ingest`] on frames they read, then
+//! [`Worker::flush`]; one drain task per peer core applies the batches that arrive
+//! ([`drain_peer`]).
 //!
 //! Deadlock rule (glommio issue 555): a task that drains inbound rings never waits on an
-//! outbound ring. Drain tasks only apply records and write to the sink; only source tasks (and
-//! the checkpoint initiator, [`run_initiator`]) send batches, and they never drain.
+//! outbound ring. Drain tasks only apply records and write to the sink; batches are sent only
+//! by source tasks, the forwarder ([`run_forwarder`], which sends what a chained pipeline's
+//! later `key_by`s routed while draining) and the checkpoint initiator, and none of those
+//! drains. Sources wait while the forwarder's outboxes are full, so a chain cannot buffer
+//! without bound.
 //!
-//! With checkpoints on, the worker also takes part in the snapshot protocol described in
-//! [`crate::checkpoint`]: [`Worker::cut`] copies the shard out and sets the barriers aside,
-//! whoever sends next sends them first ([`Worker::send_pending_barriers`]), [`drain_peer`] logs
-//! the records in flight until each peer's barrier, and [`Worker::try_complete`] hands the
-//! snapshot over once every barrier is in.
+//! With checkpoints on, the worker calls the hooks of its checkpoint
+//! [`Participant`](crate::checkpoint::Participant) at each point the snapshot protocol needs.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use futures_lite::future::or;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
 use glommio::{GlommioError, ResourceType};
 
-use crate::checkpoint::{push_entry, Contribution, CoreCheckpoint, Report};
+use crate::checkpoint::{Participant, PreCut};
+use crate::dataflow::{Chain, Cx, DecodeError, Fronts, Outbox};
+use crate::key::Key;
 use crate::metrics::{CoreMetrics, Metrics};
-use crate::pipeline::{App, BackHalf, FrontHalf};
-use crate::routing::{Batch, Envelope, Router};
+use crate::notify::Notify;
+use crate::pipeline::App;
+use crate::routing::{AnyBatch, Envelope, Router};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkPort;
-use crate::state::Shard;
 
 /// What one call to [`Worker::ingest`] saw, for the caller's logs.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Ingested {
     pub frames: u64,
     pub rejected: u64,
-    pub first_error: Option<std::str::Utf8Error>,
+    pub first_error: Option<DecodeError>,
 }
+
+/// Records a core lets wait in the outboxes of a chain's later steps before its sources stop
+/// reading (the drains keep applying; the forwarder sends as the rings take them).
+const FORWARD_LIMIT: usize = 64 * 1024;
+
+type Key0<A> = <<A as App>::Fronts as Fronts>::Key;
+type Value0<A> = <<A as App>::Fronts as Fronts>::Value;
 
 /// One core's share of the engine.
 pub(crate) struct Worker<A: App> {
     /// This core's index among the engine's cores (the mesh's peer id).
     pub index: usize,
-    front: RefCell<A::Front>,
-    back: RefCell<A::Back>,
-    shard: RefCell<Shard<A::State>>,
-    router: Router,
-    outbox: RefCell<Vec<Batch<A::Value>>>,
-    senders: Senders<Envelope<A::Value>>,
+    fronts: RefCell<A::Fronts>,
+    pub(crate) chain: RefCell<A::Chain>,
+    /// Records for the first state step owned by other cores.
+    outbox: RefCell<Outbox<Key0<A>, Value0<A>>>,
+    /// State steps in the chain.
+    pub(crate) depth: usize,
+    pub(crate) router: Router,
+    senders: Senders<Envelope>,
+    /// Held by whoever sends batches, so one ring's batches go out in the order they were
+    /// filled (and, with checkpoints, barriers go out between the right batches).
+    pub(crate) send_lock: Semaphore,
+    /// Drains → forwarder: a later step's outbox holds records.
+    forward: Notify,
+    /// Forwarder → sources: the outboxes were emptied.
+    forwarded: Notify,
+    /// Per peer: how many state steps it has said `Done` for.
+    done_from: RefCell<Vec<usize>>,
+    progress: Notify,
     pub sink: Rc<SinkPort>,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
     last_reject_log: Cell<Option<Instant>>,
-    /// This core's checkpointing state, when the engine checkpoints.
-    pub(crate) ck: Option<CoreCheckpoint<A::Value, A::State>>,
+    /// This core's part in checkpoints, when the engine checkpoints.
+    pub(crate) ck: Option<Participant<A>>,
 }
 
 impl<A: App> Worker<A> {
     pub(crate) fn new(
         app: A,
         router: Router,
-        senders: Senders<Envelope<A::Value>>,
+        senders: Senders<Envelope>,
         sink: Rc<SinkPort>,
         metrics: Metrics,
         shutdown: Shutdown,
     ) -> Self {
-        let (front, back) = app.into_halves();
+        let (fronts, chain) = app.build();
         let index = senders.peer_id();
+        let depth = chain.depth();
         Worker {
             index,
-            front: RefCell::new(front),
-            back: RefCell::new(back),
-            shard: RefCell::new(Shard::new()),
-            outbox: RefCell::new((0..router.cores()).map(|_| Batch::default()).collect()),
+            fronts: RefCell::new(fronts),
+            chain: RefCell::new(chain),
+            outbox: RefCell::new(Outbox::new()),
+            depth,
+            done_from: RefCell::new(vec![0; router.cores()]),
             router,
             senders,
+            send_lock: Semaphore::new(1),
+            forward: Notify::default(),
+            forwarded: Notify::default(),
+            progress: Notify::default(),
             sink,
             metrics,
             shutdown,
@@ -86,92 +114,76 @@ impl<A: App> Worker<A> {
     }
 
     /// Turns checkpointing on for this worker.
-    pub(crate) fn with_checkpoints(mut self, ck: CoreCheckpoint<A::Value, A::State>) -> Self {
+    pub(crate) fn with_checkpoints(mut self, ck: Participant<A>) -> Self {
         self.ck = Some(ck);
         self
-    }
-
-    /// Puts restored state into the shard: `state` holds `(key, encoded state)` entries this
-    /// core owns, `in_flight` the records that were on their way to it at the cut (`(key,
-    /// encoded value)`), which are applied on top, their output dropped (it was delivered
-    /// before the checkpoint committed). Call before any input is read.
-    pub(crate) fn restore(&self, state: &[u8], in_flight: &[u8]) -> u64 {
-        let Some(ck) = &self.ck else { return 0 };
-        let mut shard = self.shard.borrow_mut();
-        let mut n = 0;
-        // Every state and value was decoded once already when the checkpoint was checked.
-        for (key, bytes) in crate::checkpoint::entries(state).map_while(Result::ok) {
-            if let Some(s) = ck.state_codec.decode(bytes) {
-                *shard.get_or_default(self.router.hash(key), key) = s;
-                n += 1;
-            }
-        }
-        let mut back = self.back.borrow_mut();
-        let mut discard = Vec::new();
-        for (key, bytes) in crate::checkpoint::entries(in_flight).map_while(Result::ok) {
-            if let Some(v) = ck.value_codec.decode(bytes) {
-                let s = shard.get_or_default(self.router.hash(key), key);
-                back.apply(key, s, v, &mut discard);
-                discard.clear();
-            }
-        }
-        let m = self.core_metrics();
-        CoreMetrics::set(&m.keys, shard.len() as u64);
-        CoreMetrics::set(&m.state_bytes, shard.heap_bytes() as u64);
-        n
-    }
-
-    /// Sets the file ranges this core reads, `(start, end)`; positions start at `start`.
-    pub(crate) fn set_file_ranges(&self, ranges: &[(u64, u64)]) {
-        if let Some(ck) = &self.ck {
-            *ck.ranges.borrow_mut() = ranges.to_vec();
-        }
     }
 
     /// Notes that the frames of file range `i` before offset `pos` have all been ingested.
     #[inline]
     pub(crate) fn note_file_position(&self, i: usize, pos: u64) {
         if let Some(ck) = &self.ck {
-            if let Some(r) = ck.ranges.borrow_mut().get_mut(i) {
-                r.0 = pos;
-            }
+            ck.note_file_position(i, pos);
         }
     }
 
-    fn core_metrics(&self) -> &CoreMetrics {
+    /// Sets the file ranges this core reads, `(start, end)`; positions start at `start`.
+    pub(crate) fn set_file_ranges(&self, ranges: &[(u64, u64)]) {
+        if let Some(ck) = &self.ck {
+            ck.set_file_ranges(ranges);
+        }
+    }
+
+    pub(crate) fn core_metrics(&self) -> &CoreMetrics {
         self.metrics.core(self.index)
     }
 
-    /// Decodes every frame `produce` hands over: records this core owns are applied at once
-    /// (their outputs go into the sink chunk), the others are copied into outboxes. Nothing here
-    /// awaits; call [`Worker::flush`] afterwards.
+    /// Publishes the shard sizes of every state step.
+    fn note_keys(&self, chain: &A::Chain) {
+        let (keys, bytes) = chain.keys();
+        let m = self.core_metrics();
+        CoreMetrics::set(&m.keys, keys);
+        CoreMetrics::set(&m.state_bytes, bytes);
+    }
+
+    /// Decodes every frame `produce` hands over, as frames of source `source` (see
+    /// [`Keyed::merge`](crate::pipeline::Keyed::merge)): records this core owns are applied at
+    /// once (their outputs go into the sink chunk), the others are moved into outboxes.
+    /// Nothing here awaits; call [`Worker::flush`] afterwards.
     pub(crate) fn ingest<R>(
         &self,
+        source: usize,
         produce: impl FnOnce(&mut dyn FnMut(&[u8])) -> R,
     ) -> (R, Ingested) {
-        let mut front = self.front.borrow_mut();
-        let mut back = self.back.borrow_mut();
-        let mut shard = self.shard.borrow_mut();
+        let mut fronts = self.fronts.borrow_mut();
+        let mut chain = self.chain.borrow_mut();
         let mut outbox = self.outbox.borrow_mut();
         let mut out = self.sink.chunk();
         let out_before = out.len();
-        let (me, router) = (self.index, &self.router);
         let now = Instant::now();
+        let mut cx = Cx {
+            me: self.index,
+            router: &self.router,
+            out: &mut out,
+            born: now,
+            applied: 0,
+            outputs: 0,
+            forwarded: 0,
+        };
         let mut seen = Ingested::default();
-        let (mut records, mut local, mut outputs, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        let (mut records, mut local, mut bytes) = (0u64, 0u64, 0u64);
         let r = produce(&mut |frame: &[u8]| {
             seen.frames += 1;
             bytes += frame.len() as u64 + 4;
-            let res = front.decode(frame, &mut |key, value| {
+            let res = fronts.decode(source, frame, &mut |key: &Key0<A>, value| {
                 records += 1;
-                let hash = router.hash(key);
-                let owner = router.owner(hash);
-                if owner == me {
+                let hash = cx.router.hash(key);
+                let owner = cx.router.owner(hash);
+                if owner == cx.me {
                     local += 1;
-                    let state = shard.get_or_default(hash, key);
-                    outputs += back.apply(key, state, value, &mut out) as u64;
+                    chain.apply(hash, key, value, &mut cx);
                 } else {
-                    outbox[owner].push(hash, key, value);
+                    outbox.push(owner, hash, key.to_owned_key(), value, now);
                 }
             });
             if let Err(e) = res {
@@ -179,16 +191,14 @@ impl<A: App> Worker<A> {
                 seen.first_error.get_or_insert(e);
             }
         });
+        let (applied, outputs, forwarded) = (cx.applied, cx.outputs, cx.forwarded);
+        let produced = out.len() - out_before;
+        drop(out);
         if outputs > 0 {
             self.sink.note_arrival(now);
         }
         if let Some(ck) = &self.ck {
-            ck.add_produced(out.len() - out_before);
-        }
-        for batch in outbox.iter_mut() {
-            if !batch.is_empty() && batch.born.is_none() {
-                batch.born = Some(now);
-            }
+            ck.add_produced(produced);
         }
         let m = self.core_metrics();
         CoreMetrics::add(&m.frames_in, seen.frames);
@@ -196,12 +206,11 @@ impl<A: App> Worker<A> {
         CoreMetrics::add(&m.bytes_in, bytes);
         CoreMetrics::add(&m.records_in, records);
         CoreMetrics::add(&m.records_local, local);
-        CoreMetrics::add(&m.records_routed, records - local);
-        CoreMetrics::add(&m.records_applied, local);
+        CoreMetrics::add(&m.records_routed, records - local + forwarded);
+        CoreMetrics::add(&m.records_applied, applied);
         CoreMetrics::add(&m.outputs, outputs);
-        if local > 0 {
-            CoreMetrics::set(&m.keys, shard.len() as u64);
-            CoreMetrics::set(&m.state_bytes, shard.heap_bytes() as u64);
+        if applied > 0 {
+            self.note_keys(&chain);
         }
         (r, seen)
     }
@@ -222,42 +231,96 @@ impl<A: App> Worker<A> {
     /// Sends every non-empty outbox to its core and hands the sink chunk to the writer. Waits
     /// while a ring or the sink queue is full: this is how a slow core or sink slows sources.
     pub(crate) async fn flush(&self) {
-        // With checkpoints, batches go out under the send lock, and a cut's barriers go out
-        // before any batch taken after it (the cut may happen while this flush waits).
-        let _permit = match &self.ck {
-            Some(ck) => ck.send_lock.acquire_permit(1).await.ok(),
-            None => None,
-        };
-        for dest in 0..self.router.cores() {
-            if dest == self.index {
-                continue;
-            }
-            self.send_pending_barriers().await;
-            let batch = {
-                let mut outbox = self.outbox.borrow_mut();
-                if outbox[dest].is_empty() {
-                    continue;
-                }
-                let cap = outbox[dest].len();
-                let bytes = outbox[dest].key_bytes();
-                std::mem::replace(&mut outbox[dest], Batch::with_capacity(cap, bytes))
-            };
-            self.send(dest, Envelope::Batch(batch)).await;
-        }
+        self.send_outboxes().await;
         self.sink.flush().await;
         // glommio preempts only at its 100 ms timer, and a source whose data is always ready
         // never blocks: give the drain tasks and the sink writer their turn after every flush.
         glommio::executor().yield_now().await;
     }
 
-    /// Waits until the sink can take more output, or until shutdown. Returns true on shutdown.
-    /// Sources call this before taking more input, so a stalled sink stops the reading (and
-    /// TCP flow control pushes back on the sender) instead of output piling up.
+    /// Sends every non-empty outbox, of every state step, under the send lock.
+    pub(crate) async fn send_outboxes(&self) {
+        let _permit = self.send_lock.acquire_permit(1).await.ok();
+        for dest in 0..self.router.cores() {
+            if dest == self.index {
+                continue;
+            }
+            // A cut may have happened while an earlier send waited: its barriers go first.
+            if let Some(ck) = &self.ck {
+                ck.send_pending_barriers(self).await;
+            }
+            let first = self.outbox.borrow_mut().take(dest);
+            if let Some((records, len, born)) = first {
+                let env = Envelope::Batch {
+                    stage: 0,
+                    records,
+                    len,
+                    born,
+                };
+                self.send(dest, env).await;
+            }
+            if self.depth > 1 {
+                for env in self.take_forwards(dest) {
+                    self.send(dest, env).await;
+                }
+            }
+        }
+        self.forwarded.notify();
+    }
+
+    /// The batches of the later state steps' outboxes for `dest`.
+    fn take_forwards(&self, dest: usize) -> Vec<Envelope> {
+        let mut list = Vec::new();
+        self.chain
+            .borrow_mut()
+            .take_outboxes(0, dest, &mut |stage, records, len, born| {
+                list.push(Envelope::Batch {
+                    stage,
+                    records,
+                    len,
+                    born,
+                })
+            });
+        list
+    }
+
+    /// Takes every outbox's records (of every state step, for every core), for a checkpoint's
+    /// cut: they were all read before it.
+    pub(crate) fn take_all_outboxes(&self) -> PreCut {
+        let mut all = Vec::new();
+        for dest in 0..self.router.cores() {
+            if dest == self.index {
+                continue;
+            }
+            if let Some((records, len, born)) = self.outbox.borrow_mut().take(dest) {
+                let env = Envelope::Batch {
+                    stage: 0,
+                    records,
+                    len,
+                    born,
+                };
+                all.push((dest, env));
+            }
+            all.extend(self.take_forwards(dest).into_iter().map(|e| (dest, e)));
+        }
+        all
+    }
+
+    /// Waits until the sink can take more output and a chain's later steps have room, or
+    /// until shutdown. Returns true on shutdown. Sources call this before taking more input,
+    /// so a stalled sink or core stops the reading (and TCP flow control pushes back on the
+    /// sender) instead of output piling up.
     pub(crate) async fn wait_room_or_stop(&self) -> bool {
         futures_lite::future::or(
             async {
-                self.sink.wait_room().await;
-                false
+                loop {
+                    self.sink.wait_room().await;
+                    if self.chain.borrow().queued() <= FORWARD_LIMIT {
+                        return false;
+                    }
+                    self.forward.notify();
+                    self.forwarded.wait().await;
+                }
             },
             async {
                 self.shutdown.wait().await;
@@ -267,27 +330,46 @@ impl<A: App> Worker<A> {
         .await
     }
 
-    /// Tells every other core that this core's sources are finished.
-    pub(crate) async fn send_done(&self) {
-        let _permit = match &self.ck {
-            Some(ck) => {
-                let p = ck.send_lock.acquire_permit(1).await.ok();
-                self.send_pending_barriers().await;
-                ck.done_sent.set(true);
-                p
+    /// Once this core's sources are finished: tells every peer, step by step, that it will
+    /// send no more records for that step. Done for step `s + 1` goes out once every peer has
+    /// said Done for step `s` (no record of step `s` can then arrive to produce more), after
+    /// the outboxes are flushed.
+    pub(crate) async fn finish_steps(&self) {
+        for stage in 0..self.depth {
+            if stage > 0 {
+                loop {
+                    let all = self
+                        .done_from
+                        .borrow()
+                        .iter()
+                        .enumerate()
+                        .all(|(p, d)| p == self.index || *d >= stage);
+                    if all {
+                        break;
+                    }
+                    self.progress.wait().await;
+                }
+                self.send_outboxes().await;
             }
-            None => None,
-        };
-        for dest in 0..self.router.cores() {
-            if dest != self.index {
-                self.send(dest, Envelope::Done).await;
+            let _permit = self.send_lock.acquire_permit(1).await.ok();
+            if let Some(ck) = &self.ck {
+                ck.send_pending_barriers(self).await;
+                if stage + 1 == self.depth {
+                    ck.mark_done_sent();
+                }
+            }
+            for dest in 0..self.router.cores() {
+                if dest != self.index {
+                    self.send(dest, Envelope::Done { stage }).await;
+                }
             }
         }
     }
 
-    async fn send(&self, dest: usize, msg: Envelope<A::Value>) {
+    /// Sends one message to `dest`, waiting while its ring is full.
+    pub(crate) async fn send(&self, dest: usize, msg: Envelope) {
         let m = self.core_metrics();
-        let is_batch = matches!(msg, Envelope::Batch(_));
+        let is_batch = matches!(msg, Envelope::Batch { .. });
         let result = match self.senders.try_send_to(dest, msg) {
             Ok(()) => Ok(()),
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
@@ -306,227 +388,123 @@ impl<A: App> Worker<A> {
         }
     }
 
-    /// Applies a batch that `peer` routed to this core (and logs it if it is in flight across a
-    /// checkpoint's cut). Does not await.
-    fn apply_from(&self, peer: usize, batch: &Batch<A::Value>) {
-        self.apply(batch);
+    /// Applies a batch that `peer` routed to this core for state step `stage`. Does not await.
+    fn apply_from(&self, peer: usize, stage: usize, records: AnyBatch, len: usize, born: Option<Instant>) {
         if let Some(ck) = &self.ck {
-            ck.log_if_in_flight(peer, batch);
+            ck.on_batch(peer, stage, &*records, &self.chain.borrow());
         }
-    }
-
-    /// Applies a batch routed to this core. Does not await.
-    fn apply(&self, batch: &Batch<A::Value>) {
-        let mut back = self.back.borrow_mut();
-        let mut shard = self.shard.borrow_mut();
+        let mut chain = self.chain.borrow_mut();
         let mut out = self.sink.chunk();
         let out_before = out.len();
-        let mut outputs = 0u64;
-        for (hash, key, value) in batch.iter() {
-            let state = shard.get_or_default(hash, key);
-            outputs += back.apply(key, state, value, &mut out) as u64;
+        let mut cx = Cx {
+            me: self.index,
+            router: &self.router,
+            out: &mut out,
+            born: born.unwrap_or_else(Instant::now),
+            applied: 0,
+            outputs: 0,
+            forwarded: 0,
+        };
+        if chain.apply_any(stage, records, &mut cx).is_err() {
+            tracing::error!(
+                core = self.index,
+                "core {peer} sent a batch of {len} records for state step {stage}, which does \
+                 not take records of that type; dropped (an engine bug)"
+            );
         }
+        let (applied, outputs, forwarded) = (cx.applied, cx.outputs, cx.forwarded);
+        let produced = out.len() - out_before;
+        drop(out);
         if let Some(ck) = &self.ck {
-            ck.add_produced(out.len() - out_before);
+            ck.add_produced(produced);
         }
         if outputs > 0 {
-            self.sink
-                .note_arrival(batch.born.unwrap_or_else(Instant::now));
+            self.sink.note_arrival(born.unwrap_or_else(Instant::now));
         }
         let m = self.core_metrics();
-        CoreMetrics::add(&m.records_applied, batch.len() as u64);
+        CoreMetrics::add(&m.records_applied, applied);
+        CoreMetrics::add(&m.records_routed, forwarded);
         CoreMetrics::add(&m.outputs, outputs);
-        CoreMetrics::set(&m.keys, shard.len() as u64);
-        CoreMetrics::set(&m.state_bytes, shard.heap_bytes() as u64);
-    }
-
-    /// This core's cut for checkpoint `id` (if it has not cut for it yet): copies the shard out
-    /// (the data path's only pause) and sets the outboxes, which hold only records read before
-    /// now, aside to go out before the barriers. Does not await: a drain task may call it.
-    pub(crate) fn cut(&self, id: u64) {
-        let Some(ck) = &self.ck else { return };
-        if ck.last_cut() >= id {
-            return;
-        }
-        let started = Instant::now();
-        let (body, keys) = self.encode_shard();
-        let copy = started.elapsed();
-        let pre_cut: Vec<Batch<A::Value>> = self
-            .outbox
-            .borrow_mut()
-            .iter_mut()
-            .map(std::mem::take)
-            .collect();
-        ck.cut(id, (body, keys, copy), pre_cut);
-        self.try_complete();
-    }
-
-    /// Sends what the last cut set aside, then `Barrier(id)`, on every ring. The caller holds
-    /// the send lock. Waits on outbound rings: never call it from a drain task.
-    pub(crate) async fn send_pending_barriers(&self) {
-        let Some(ck) = &self.ck else { return };
-        while let Some((id, batches)) = ck.take_pending() {
-            if ck.done_sent.get() {
-                continue; // Peers count Done as every barrier; nothing may follow it.
-            }
-            for (dest, batch) in batches.into_iter().enumerate() {
-                if dest == self.index {
-                    continue;
-                }
-                if !batch.is_empty() {
-                    self.send(dest, Envelope::Batch(batch)).await;
-                }
-                self.send(dest, Envelope::Barrier(id)).await;
-            }
+        self.note_keys(&chain);
+        if forwarded > 0 {
+            self.forward.notify();
         }
     }
 
-    /// Hands the checkpoint in progress to the coordinator once every peer's barrier (or Done)
-    /// has arrived: the shard copied at the cut and the records logged in flight.
-    pub(crate) fn try_complete(&self) {
-        let Some(ck) = &self.ck else { return };
-        let Some(done) = ck.take_complete() else {
-            return;
+    /// Applies records outside the data path (a restore), with their output discarded.
+    pub(crate) fn with_chain_discarding<R>(&self, f: impl FnOnce(&mut A::Chain, &mut Cx<'_>) -> R) -> R {
+        let mut chain = self.chain.borrow_mut();
+        let mut discard = Vec::new();
+        let mut cx = Cx {
+            me: self.index,
+            router: &self.router,
+            out: &mut discard,
+            born: Instant::now(),
+            applied: 0,
+            outputs: 0,
+            forwarded: 0,
         };
-        let mut log = Vec::with_capacity(done.log.key_bytes() + 4 * done.log.len());
-        let mut scratch = Vec::with_capacity(16);
-        for (_, key, value) in done.log.iter() {
-            scratch.clear();
-            (ck.value_codec.persist)(&value, &mut scratch);
-            push_entry(&mut log, key, &scratch);
-        }
-        let pause = done.copy;
-        let m = self.core_metrics();
-        CoreMetrics::add(&m.checkpoints, 1);
-        CoreMetrics::set(&m.checkpoint_pause_us_last, pause.as_micros() as u64);
-        CoreMetrics::add(&m.checkpoint_pause_us_total, pause.as_micros() as u64);
-        if pause.as_micros() as u64 > m.checkpoint_pause_us_max.load(Relaxed) {
-            CoreMetrics::set(&m.checkpoint_pause_us_max, pause.as_micros() as u64);
-        }
-        CoreMetrics::set(&m.checkpoint_in_flight_last, done.log.len() as u64);
-        CoreMetrics::set(
-            &m.checkpoint_bytes_last,
-            (done.body.len() + log.len()) as u64,
-        );
-        ck.link.send(Report::Snapshot(Contribution {
-            core: self.index,
-            id: done.id,
-            body: done.body,
-            keys: done.keys,
-            log_records: done.log.len() as u64,
-            log,
-            ranges: done.ranges_at_cut,
-            // Everything produced so far includes the output of every record in the
-            // checkpoint, the logged ones too (a restore applies those silently).
-            out_mark: ck.produced(),
-            pause,
-        }));
+        let r = f(&mut chain, &mut cx);
+        self.note_keys(&chain);
+        r
     }
 
-    /// The shard's entries in the checkpoint encoding, and how many there are.
-    fn encode_shard(&self) -> (Vec<u8>, u64) {
-        let Some(ck) = &self.ck else {
-            return (Vec::new(), 0);
-        };
-        let shard = self.shard.borrow();
-        let mut body = Vec::with_capacity(shard.len() * 24);
-        let mut scratch = Vec::with_capacity(64);
-        for (key, state) in shard.iter() {
-            scratch.clear();
-            (ck.state_codec.persist)(state, &mut scratch);
-            push_entry(&mut body, key, &scratch);
-        }
-        (body, shard.len() as u64)
-    }
-
-    /// The end of this core's run, once its sources are finished and every peer has said Done:
-    /// stops the initiator, completes any checkpoint still asked of this core, and hands the
-    /// final state to the coordinator.
-    pub(crate) async fn finish_checkpoints(&self, initiator: glommio::Task<()>) {
-        let Some(ck) = &self.ck else { return };
-        ck.finished.set(true);
-        ck.poke.notify();
-        initiator.await;
-        while let Some(id) = ck.due() {
-            self.cut(id);
-        }
-        // Every peer is done, so any cut above completed at once; its barriers are dropped.
-        while ck.take_pending().is_some() {}
-        let (body, keys) = self.encode_shard();
-        ck.link.send(Report::Final(Contribution {
-            core: self.index,
-            id: ck.last_snapshot() + 1,
-            body,
-            keys,
-            log: Vec::new(),
-            log_records: 0,
-            ranges: ck.ranges.borrow().clone(),
-            out_mark: ck.produced(),
-            pause: Duration::ZERO,
-        }));
+    /// Records that `peer` said Done for `stage`; true when that was its last step.
+    fn peer_done(&self, peer: usize, stage: usize) -> bool {
+        self.done_from.borrow_mut()[peer] = stage + 1;
+        self.progress.notify();
+        stage + 1 >= self.depth
     }
 }
 
-/// Cuts this core for every checkpoint the coordinator asks for (or a peer's barrier announces)
-/// until the run ends. Waits on outbound rings, so it never drains (see the module docs).
-pub(crate) async fn run_initiator<A: App>(worker: Rc<Worker<A>>) {
-    let Some(ck) = &worker.ck else { return };
+/// Sends what a chained pipeline's later `key_by`s routed while draining, as the rings take
+/// it. Waits on outbound rings, so it never drains (see the module docs). Runs only for chains.
+pub(crate) async fn run_forwarder<A: App>(worker: Rc<Worker<A>>) {
     loop {
-        if ck.finished.get() {
-            return;
-        }
-        if let Some(id) = ck.due() {
-            worker.cut(id);
-        }
-        if ck.has_pending() {
-            let permit = ck.send_lock.acquire_permit(1).await.ok();
-            worker.send_pending_barriers().await;
-            drop(permit);
+        if worker.chain.borrow().queued() == 0 {
+            worker.forward.wait().await;
             continue;
         }
-        // Requests come from another thread (polled); cuts made by drains wake it.
-        or(
-            glommio::timer::sleep(Duration::from_millis(1)),
-            ck.poke.wait(),
-        )
-        .await;
+        worker.send_outboxes().await;
     }
 }
 
-/// Applies every batch `peer` sends to this core until it says it is done. Never waits on an
-/// outbound ring (see the module docs); it waits only on the sink queue.
+/// Applies every batch `peer` sends to this core until it says it is done with every state
+/// step. Never waits on an outbound ring (see the module docs); it waits only on the sink queue.
 pub(crate) async fn drain_peer<A: App>(
     worker: Rc<Worker<A>>,
-    receivers: Rc<Receivers<Envelope<A::Value>>>,
+    receivers: Rc<Receivers<Envelope>>,
     peer: usize,
 ) {
     loop {
         match receivers.recv_from(peer).await {
-            Ok(Some(Envelope::Batch(batch))) => {
-                worker.apply_from(peer, &batch);
+            Ok(Some(Envelope::Batch {
+                stage,
+                records,
+                len,
+                born,
+            })) => {
+                worker.apply_from(peer, stage, records, len, born);
                 worker.sink.flush().await;
                 glommio::executor().yield_now().await;
             }
             Ok(Some(Envelope::Barrier(id))) => {
                 if let Some(ck) = &worker.ck {
-                    // The first barrier of a checkpoint cuts this core at once, before any
-                    // record the peer sent after its own cut can be applied.
-                    worker.cut(id);
-                    if ck.barrier(peer, id) {
-                        worker.try_complete();
-                    } else {
-                        tracing::error!(
-                            core = worker.index,
-                            "core {peer} sent a barrier for checkpoint {id}, which is not the \
-                             one this core is taking; ignored"
-                        );
-                    }
+                    ck.on_barrier(&worker, peer, id);
                 }
             }
-            Ok(Some(Envelope::Done)) | Ok(None) => {
+            Ok(Some(Envelope::Done { stage })) => {
+                if worker.peer_done(peer, stage) {
+                    if let Some(ck) = &worker.ck {
+                        ck.on_peer_done(&worker, peer);
+                    }
+                    break;
+                }
+            }
+            Ok(None) => {
+                worker.peer_done(peer, usize::MAX - 1);
                 if let Some(ck) = &worker.ck {
-                    ck.peer_done(peer);
-                    worker.try_complete();
+                    ck.on_peer_done(&worker, peer);
                 }
                 break;
             }
@@ -535,10 +513,10 @@ pub(crate) async fn drain_peer<A: App>(
                     core = worker.index,
                     "cannot read the ring from core {peer}: {e}"
                 );
+                worker.peer_done(peer, usize::MAX - 1);
                 if let Some(ck) = &worker.ck {
                     // Nothing more will come from it: do not wait for its barriers.
-                    ck.peer_done(peer);
-                    worker.try_complete();
+                    ck.on_peer_done(&worker, peer);
                 }
                 break;
             }

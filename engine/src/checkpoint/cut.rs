@@ -18,15 +18,13 @@
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
-use glommio::sync::Semaphore;
 
 use super::coordinator::Link;
-use super::Codec;
 use crate::notify::Notify;
-use crate::routing::Batch;
+use crate::routing::Envelope;
 
 /// A checkpoint this core has cut for and whose channel state is still being logged.
-pub(crate) struct InFlight<V> {
+pub(crate) struct InFlight {
     pub id: u64,
     /// The shard at the cut, encoded, and its number of keys.
     pub body: Vec<u8>,
@@ -37,26 +35,26 @@ pub(crate) struct InFlight<V> {
     pub ranges_at_cut: Vec<(u64, u64)>,
     /// Which peers' barriers have arrived (this core's own slot is set).
     barrier: Vec<bool>,
-    /// Records from peers that arrived after the cut and before their sender's barrier.
-    pub log: Batch<V>,
+    /// Records from peers that arrived after the cut and before their sender's barrier,
+    /// encoded as `(step, key, value)` entries, and how many.
+    pub log: Vec<u8>,
+    pub log_records: u64,
 }
 
+/// Batches set aside at a cut, by destination core, to go out before its barrier.
+pub(crate) type PreCut = Vec<(usize, Envelope)>;
+
 /// One core's checkpointing state (present only when the engine runs with checkpoints).
-pub(crate) struct CoreCheckpoint<V, S> {
+pub(crate) struct CoreCheckpoint {
     pub link: Link,
-    pub state_codec: Codec<S>,
-    pub value_codec: Codec<V>,
-    /// Held by whoever sends batches: barriers go out after every batch of records read before
-    /// the cut and before every batch of records read after it.
-    pub send_lock: Semaphore,
     /// Done went out on every ring: no barrier may follow it.
     pub done_sent: Cell<bool>,
     peer_done: RefCell<Vec<bool>>,
     last_cut: Cell<u64>,
     last_snapshot: Cell<u64>,
-    inflight: RefCell<Option<InFlight<V>>>,
+    inflight: RefCell<Option<InFlight>>,
     /// Batches read before a cut, and the barrier to send after them, oldest cut first.
-    pending: RefCell<std::collections::VecDeque<(u64, Vec<Batch<V>>)>>,
+    pending: RefCell<std::collections::VecDeque<(u64, PreCut)>>,
     /// Woken at a cut: the initiator sends the barriers.
     pub poke: Notify,
     /// Bytes of output produced on this core so far (what the sink must take before the
@@ -68,20 +66,11 @@ pub(crate) struct CoreCheckpoint<V, S> {
     pub finished: Cell<bool>,
 }
 
-impl<V: Copy, S> CoreCheckpoint<V, S> {
+impl CoreCheckpoint {
     /// The state of core `core` of `cores`, whose checkpoints so far end at `last_id`.
-    pub(crate) fn new(
-        core: usize,
-        cores: usize,
-        link: Link,
-        codecs: (Codec<S>, Codec<V>),
-        last_id: u64,
-    ) -> Self {
+    pub(crate) fn new(core: usize, cores: usize, link: Link, last_id: u64) -> Self {
         CoreCheckpoint {
             link,
-            state_codec: codecs.0,
-            value_codec: codecs.1,
-            send_lock: Semaphore::new(1),
             done_sent: Cell::new(false),
             peer_done: RefCell::new((0..cores).map(|p| p == core).collect()),
             last_cut: Cell::new(last_id),
@@ -117,7 +106,7 @@ impl<V: Copy, S> CoreCheckpoint<V, S> {
         &self,
         id: u64,
         (body, keys, copy): (Vec<u8>, u64, Duration),
-        pre_cut: Vec<Batch<V>>,
+        pre_cut: PreCut,
     ) {
         let barrier = self.peer_done.borrow().clone();
         *self.inflight.borrow_mut() = Some(InFlight {
@@ -127,7 +116,8 @@ impl<V: Copy, S> CoreCheckpoint<V, S> {
             copy,
             ranges_at_cut: self.ranges.borrow().clone(),
             barrier,
-            log: Batch::default(),
+            log: Vec::new(),
+            log_records: 0,
         });
         self.pending.borrow_mut().push_back((id, pre_cut));
         self.last_cut.set(id);
@@ -135,7 +125,7 @@ impl<V: Copy, S> CoreCheckpoint<V, S> {
     }
 
     /// The batches and barrier still to send, if a cut set them aside.
-    pub(crate) fn take_pending(&self) -> Option<(u64, Vec<Batch<V>>)> {
+    pub(crate) fn take_pending(&self) -> Option<(u64, PreCut)> {
         self.pending.borrow_mut().pop_front()
     }
 
@@ -165,21 +155,20 @@ impl<V: Copy, S> CoreCheckpoint<V, S> {
         }
     }
 
-    /// Logs `batch`, just applied from `peer`, if it is channel state of the checkpoint in
-    /// progress (it arrived after this core's cut and before `peer`'s barrier).
-    pub(crate) fn log_if_in_flight(&self, peer: usize, batch: &Batch<V>) {
+    /// Logs a batch about to be applied from `peer` (`encode` appends its records and returns
+    /// how many), if it is channel state of the checkpoint in progress: it arrived after this
+    /// core's cut and before `peer`'s barrier.
+    pub(crate) fn log_if_in_flight(&self, peer: usize, encode: impl FnOnce(&mut Vec<u8>) -> u64) {
         if let Some(f) = self.inflight.borrow_mut().as_mut() {
             if !f.barrier[peer] {
-                for (hash, key, value) in batch.iter() {
-                    f.log.push(hash, key, value);
-                }
+                f.log_records += encode(&mut f.log);
             }
         }
     }
 
     /// When every peer's barrier (or Done) has arrived, takes the checkpoint in progress out, to
     /// be handed to the coordinator.
-    pub(crate) fn take_complete(&self) -> Option<InFlight<V>> {
+    pub(crate) fn take_complete(&self) -> Option<InFlight> {
         let mut slot = self.inflight.borrow_mut();
         if slot.as_ref()?.barrier.iter().all(|b| *b) {
             let f = slot.take()?;

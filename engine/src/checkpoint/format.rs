@@ -26,7 +26,8 @@ use super::persist::{get_varint, put_varint};
 /// First bytes of a shard file.
 const SHARD_MAGIC: &[u8; 8] = b"BTGSHRD\x01";
 /// Version of the shard layout after the magic.
-const SHARD_VERSION: u32 = 1;
+/// Version 2: every entry names its state step (chained pipelines).
+const SHARD_VERSION: u32 = 2;
 /// Bytes of the fixed shard header: magic, version, id, core, cores, keys, in-flight records.
 const SHARD_HEADER: usize = 8 + 4 + 8 + 4 + 4 + 8 + 8;
 /// First line of a manifest.
@@ -53,18 +54,24 @@ pub(crate) fn shard_file_name(core: usize) -> String {
     format!("shard-{core}.bin")
 }
 
-/// Appends one entry (a key and its encoded state) to a shard body.
+/// One entry of a shard body: the state step it belongs to, the key's bytes
+/// ([`PersistKey`](crate::key::PersistKey)) and the encoded state (or, in the in-flight log,
+/// the encoded routed value).
+pub(crate) type Entry<'a> = (usize, &'a [u8], &'a [u8]);
+
+/// Appends one entry (a state step's index, a key and its encoded state) to a shard body.
 #[inline]
-pub(crate) fn push_entry(body: &mut Vec<u8>, key: &str, state: &[u8]) {
+pub(crate) fn push_entry(body: &mut Vec<u8>, stage: usize, key: &[u8], state: &[u8]) {
+    put_varint(body, stage as u64);
     put_varint(body, key.len() as u64);
-    body.extend_from_slice(key.as_bytes());
+    body.extend_from_slice(key);
     put_varint(body, state.len() as u64);
     body.extend_from_slice(state);
 }
 
-/// Walks the entries of a shard body: `(key, encoded state)`, or an error saying where the body
-/// stops making sense.
-pub(crate) fn entries(body: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8]), String>> + '_ {
+/// Walks the entries of a shard body: `(step, key, encoded state)`, or an error saying where
+/// the body stops making sense.
+pub(crate) fn entries(body: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, String>> + '_ {
     let mut rest = body;
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -73,14 +80,14 @@ pub(crate) fn entries(body: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8]),
         }
         let at = body.len() - rest.len();
         let entry = (|| {
+            let stage = usize::try_from(get_varint(&mut rest)?).ok()?;
             let klen = usize::try_from(get_varint(&mut rest)?).ok()?;
             let key = rest.get(..klen)?;
             rest = &rest[klen..];
-            let key = std::str::from_utf8(key).ok()?;
             let slen = usize::try_from(get_varint(&mut rest)?).ok()?;
             let state = rest.get(..slen)?;
             rest = &rest[slen..];
-            Some((key, state))
+            Some((stage, key, state))
         })();
         match entry {
             Some(e) => Some(Ok(e)),
@@ -401,7 +408,9 @@ pub(crate) fn check_shard<'a>(
     let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8 bytes"));
     if &header[..8] != SHARD_MAGIC || u32_at(8) != SHARD_VERSION {
-        return Err("it is not a version-1 Bettong shard file".into());
+        return Err(format!(
+            "it is not a version-{SHARD_VERSION} Bettong shard file (written by another build?)"
+        ));
     }
     if u64_at(12) != id || u32_at(20) as usize != info.core || u32_at(24) as usize != cores {
         return Err(format!(
@@ -509,10 +518,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bettong-format-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let mut body = Vec::new();
-        push_entry(&mut body, "word", &[3]);
-        push_entry(&mut body, "", &[]);
+        push_entry(&mut body, 0, b"word", &[3]);
+        push_entry(&mut body, 1, b"", &[]);
         let mut log = Vec::new();
-        push_entry(&mut log, "ß", &[1, 2]);
+        push_entry(&mut log, 0, "ß".as_bytes(), &[1, 2]);
         let content = ShardContent {
             core: 1,
             keys: 2,
@@ -526,7 +535,11 @@ mod tests {
         let list: Vec<_> = entries(got).collect::<Result<_, _>>().unwrap();
         assert_eq!(
             list,
-            vec![("word", &[3u8][..]), ("", &[][..]), ("ß", &[1, 2][..])]
+            vec![
+                (0, &b"word"[..], &[3u8][..]),
+                (1, &b""[..], &[][..]),
+                (0, "ß".as_bytes(), &[1, 2][..])
+            ]
         );
         assert!(check_shard(&bytes, &info, 8, 2).is_err(), "wrong id");
         for cut in 0..bytes.len() {
@@ -537,7 +550,7 @@ mod tests {
             b[i] ^= 0x80;
             assert!(check_shard(&b, &info, 9, 2).is_err(), "flip at {i}");
         }
-        assert!(entries(&[5, b'a']).any(|e| e.is_err()));
+        assert!(entries(&[0, 5, b'a']).any(|e| e.is_err()));
         fs::remove_dir_all(&dir).unwrap();
     }
 

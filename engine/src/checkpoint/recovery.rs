@@ -15,15 +15,16 @@ use std::path::Path;
 
 use super::format::{
     check_shard, checkpoint_dir_name, entries, parse_checkpoint_dir_name, push_entry,
-    shard_file_name, Manifest, MANIFEST,
+    shard_file_name, Entry, Manifest, MANIFEST,
 };
 use crate::routing::Router;
 use crate::Error;
 
-/// Checks that encoded states and values decode as the pipeline's types.
+/// Checks that keys, encoded states and values decode as the pipeline's types:
+/// `(state step, key bytes, encoded state or value)`.
 pub(crate) struct Decoders<'a> {
-    pub state: &'a dyn Fn(&[u8]) -> bool,
-    pub value: &'a dyn Fn(&[u8]) -> bool,
+    pub state: &'a dyn Fn(usize, &[u8], &[u8]) -> bool,
+    pub value: &'a dyn Fn(usize, &[u8], &[u8]) -> bool,
 }
 
 /// One shard file, checked, with where its state entries and in-flight records are.
@@ -40,15 +41,15 @@ pub(crate) struct Valid {
 }
 
 impl Valid {
-    /// Every `(key, encoded state)` of every shard.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    /// Every `(step, key, encoded state)` of every shard.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
         self.files
             .iter()
             .flat_map(|f| entries(&f.bytes[f.state.clone()]).map_while(Result::ok))
     }
 
-    /// Every record in flight at the cut, `(key, encoded value)`, in each core's order.
-    pub(crate) fn in_flight(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    /// Every record in flight at the cut, `(step, key, encoded value)`, in each core's order.
+    pub(crate) fn in_flight(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
         self.files
             .iter()
             .flat_map(|f| entries(&f.bytes[f.log.clone()]).map_while(Result::ok))
@@ -60,14 +61,20 @@ impl Valid {
     }
 
     /// The state entries and the in-flight records split by owner core under `router`, each in
-    /// the shard-body encoding. Records keep their order per key.
-    pub(crate) fn reshard(&self, router: &Router) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// the shard-body encoding. Records keep their order per key. `hash` gives a key's hash
+    /// (`None` for bytes that are not a key of that step, which were checked at load).
+    pub(crate) fn reshard(
+        &self,
+        router: &Router,
+        hash: &dyn Fn(usize, &[u8]) -> Option<u64>,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut parts = vec![(Vec::new(), Vec::new()); router.cores()];
-        for (key, state) in self.entries() {
-            push_entry(&mut parts[router.owner(router.hash(key))].0, key, state);
+        let owner = |stage, key| router.owner(hash(stage, key).unwrap_or(0));
+        for (stage, key, state) in self.entries() {
+            push_entry(&mut parts[owner(stage, key)].0, stage, key, state);
         }
-        for (key, value) in self.in_flight() {
-            push_entry(&mut parts[router.owner(router.hash(key))].1, key, value);
+        for (stage, key, value) in self.in_flight() {
+            push_entry(&mut parts[owner(stage, key)].1, stage, key, value);
         }
         parts
     }
@@ -143,16 +150,17 @@ pub(crate) fn load(cdir: &Path, id: u64, decoders: &Decoders<'_>) -> Result<Vali
         let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
         let mut n = 0u64;
         for e in entries(body) {
-            let (key, bytes) = e.map_err(|e| format!("{name}: {e}"))?;
+            let (stage, key, bytes) = e.map_err(|e| format!("{name}: {e}"))?;
             let (what, ok) = if n < info.keys {
-                ("state", (decoders.state)(bytes))
+                ("state", (decoders.state)(stage, key, bytes))
             } else {
-                ("in-flight value", (decoders.value)(bytes))
+                ("in-flight value", (decoders.value)(stage, key, bytes))
             };
             if !ok {
                 return Err(format!(
-                    "{name}: the {what} of key {key:?} does not decode as this pipeline's type \
-                     (was the checkpoint written by another pipeline?)"
+                    "{name}: the key {:?} or its {what} at state step {stage} does not decode \
+                     as this pipeline's types (was the checkpoint written by another pipeline?)",
+                    String::from_utf8_lossy(key)
                 ));
             }
             n += 1;
@@ -177,6 +185,7 @@ fn state_len(body: &[u8], n: u64) -> usize {
     let mut rest = body;
     for _ in 0..n {
         let mut take = || -> Option<()> {
+            super::persist::get_varint(&mut rest)?;
             let klen = super::persist::get_varint(&mut rest)? as usize;
             rest = rest.get(klen..)?;
             let vlen = super::persist::get_varint(&mut rest)? as usize;

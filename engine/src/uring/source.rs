@@ -109,13 +109,14 @@ fn listen_socket(addr: SocketAddr) -> io::Result<Socket> {
 /// received.
 pub(crate) async fn run_tcp_source<A: App>(
     worker: Rc<Worker<A>>,
+    source: usize,
     listener: UringListener,
     cfg: TcpSourceConfig,
 ) {
     let UringListener { ring, socket } = listener;
     let driver = glommio::spawn_local(ring.clone().drive());
     let tasks = Rc::new(TaskCount::default());
-    accept_until_shutdown(&worker, &ring, &socket, &cfg, &tasks).await;
+    accept_until_shutdown(&worker, source, &ring, &socket, &cfg, &tasks).await;
     drop(socket);
     let core = worker.index;
     tracing::info!(
@@ -131,6 +132,7 @@ pub(crate) async fn run_tcp_source<A: App>(
 
 async fn accept_until_shutdown<A: App>(
     worker: &Rc<Worker<A>>,
+    source: usize,
     ring: &Rc<Ring>,
     socket: &Socket,
     cfg: &TcpSourceConfig,
@@ -203,7 +205,7 @@ async fn accept_until_shutdown<A: App>(
         let guard = tasks.enter();
         let (worker, ring, cfg) = (worker.clone(), ring.clone(), cfg.clone());
         glommio::spawn_local(async move {
-            serve_connection(&worker, &ring, stream, peer, &cfg).await;
+            serve_connection(&worker, source, &ring, stream, peer, &cfg).await;
             drop(guard);
         })
         .detach();
@@ -247,6 +249,7 @@ enum Next {
 /// Reads one connection until it ends, fails, or the core shuts down.
 async fn serve_connection<A: App>(
     worker: &Worker<A>,
+    source: usize,
     ring: &Rc<Ring>,
     stream: Socket,
     peer: SocketAddr,
@@ -312,7 +315,7 @@ async fn serve_connection<A: App>(
         // Decode everything received since the last pass, in place, in one go.
         let mut next = Next::Read;
         let mut got_data = false;
-        let ((), seen) = worker.ingest(|on_frame| {
+        let ((), seen) = worker.ingest(source, |on_frame| {
             let mut taken = 0;
             while taken < pass_bytes {
                 let Some(c) = op.try_next() else { break };

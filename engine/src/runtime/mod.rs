@@ -1,37 +1,57 @@
 //! The runtime: start one pinned glommio executor per core, wire them together, run a pipeline,
-//! stop it.
+//! stop it. This file is the engine builder and its handles; [`core`] is one core's lifecycle
+//! and [`recover`] the checkpoint setup of a run.
 //!
 //! Each core joins a full mesh of SPSC rings (glommio's `MeshBuilder::full`), so every pair of
 //! cores has a ring in each direction; its index in the mesh (`Senders::peer_id`) is its shard
-//! index. Each core then starts its sink writer, one drain task per peer ring, and its source.
-//! When the source ends (a memory source is consumed, or a stop was requested) the core flushes,
-//! tells every peer it is done, waits until every peer has said the same, and flushes its sink.
+//! index. Each core then builds its own copy of the pipeline and runs every source.
+
+mod core;
+mod recover;
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use futures_lite::future::or;
 use glommio::channels::channel_mesh::FullMesh;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use crate::checkpoint::{
-    describe_source, scan, Checkpoints, Codec, Coordinator, CoordinatorConfig, CoreCheckpoint,
-    Decoders, Link, Persist, SourceKind, Valid,
-};
-use crate::file_source::{self, run_file_source, FilePlan};
-use crate::memory::run_memory_source;
+use self::core::{run_core, CoreOutcome, CoreSetup};
+use crate::checkpoint::{Checkpoints, CkOps, Coordinator, PersistApp};
+use crate::dataflow::Fronts;
+use crate::file_source;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::net::{bind, run_tcp_source};
 use crate::pipeline::App;
 use crate::routing::{Envelope, Router};
-use crate::shutdown::{Shutdown, StopHandle};
-use crate::sink::{run_memory_sink, run_tcp_sink, SinkConfig, SinkPort};
-use crate::source::{IoBackend, SourceConfig};
-use crate::uring;
-use crate::worker::{drain_peer, run_initiator, Worker};
+use crate::shutdown::StopHandle;
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
 use crate::Error;
+
+/// The sources of a run: one [`SourceConfig`], or one per source of a merged pipeline (in
+/// merge order), as a `Vec` or an array.
+pub trait IntoSources {
+    /// The sources, in order.
+    fn into_sources(self) -> Vec<SourceConfig>;
+}
+
+impl IntoSources for SourceConfig {
+    fn into_sources(self) -> Vec<SourceConfig> {
+        vec![self]
+    }
+}
+
+impl IntoSources for Vec<SourceConfig> {
+    fn into_sources(self) -> Vec<SourceConfig> {
+        self
+    }
+}
+
+impl<const N: usize> IntoSources for [SourceConfig; N] {
+    fn into_sources(self) -> Vec<SourceConfig> {
+        self.into()
+    }
+}
 
 /// Builds and starts engines.
 ///
@@ -124,14 +144,15 @@ impl Engine {
         self
     }
 
-    /// Starts `app` and returns at once. Sources are listening when this returns.
+    /// Starts `app` and returns at once. Sources are listening when this returns. `sources`
+    /// is one [`SourceConfig`] or, for a merged pipeline, one per source in merge order.
     pub fn start<A: App>(
         self,
         app: A,
-        source: SourceConfig,
+        sources: impl IntoSources,
         sink: SinkConfig,
     ) -> Result<Running, Error> {
-        self.launch(app, source, sink, None)
+        self.launch(app, sources.into_sources(), sink, None)
     }
 
     /// Like [`Engine::start`], with consistent checkpoints of all state (see
@@ -166,47 +187,39 @@ impl Engine {
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok::<(), bettong_engine::Error>(())
     /// ```
-    pub fn start_with_checkpoints<A: App>(
+    pub fn start_with_checkpoints<A: PersistApp>(
         self,
         app: A,
-        source: SourceConfig,
+        sources: impl IntoSources,
         sink: SinkConfig,
         checkpoints: Checkpoints,
-    ) -> Result<Running, Error>
-    where
-        A::State: Persist,
-        A::Value: Persist,
-    {
+    ) -> Result<Running, Error> {
         self.launch(
             app,
-            source,
+            sources.into_sources(),
             sink,
-            Some((checkpoints, (Codec::of(), Codec::of()))),
+            Some((checkpoints, CkOps::of())),
         )
     }
 
     /// [`Engine::start_with_checkpoints`], then waits until the engine finishes.
-    pub fn run_with_checkpoints<A: App>(
+    pub fn run_with_checkpoints<A: PersistApp>(
         self,
         app: A,
-        source: SourceConfig,
+        sources: impl IntoSources,
         sink: SinkConfig,
         checkpoints: Checkpoints,
-    ) -> Result<Report, Error>
-    where
-        A::State: Persist,
-        A::Value: Persist,
-    {
-        self.start_with_checkpoints(app, source, sink, checkpoints)?
+    ) -> Result<Report, Error> {
+        self.start_with_checkpoints(app, sources, sink, checkpoints)?
             .join()
     }
 
     fn launch<A: App>(
         self,
         app: A,
-        source: SourceConfig,
+        sources: Vec<SourceConfig>,
         sink: SinkConfig,
-        checkpoints: Option<(Checkpoints, Codecs<A>)>,
+        checkpoints: Option<(Checkpoints, CkOps<A::Chain>)>,
     ) -> Result<Running, Error> {
         let cpus = online_cpus();
         let n = self.cores.unwrap_or(cpus.len());
@@ -219,29 +232,59 @@ impl Engine {
                 available: cpus.len(),
             });
         }
+        let (fronts, chain) = app.clone().build();
+        if fronts.count() != sources.len() {
+            return Err(Error::SourceCount {
+                pipeline: fronts.count(),
+                given: sources.len(),
+            });
+        }
+        drop(fronts);
         // Port 0 must mean one port for every core: reserve it with a bound, non-listening
         // SO_REUSEPORT socket that the cores' listeners join, then let it go once they have.
-        let (source, reservation) = match source {
-            SourceConfig::Tcp(mut cfg) if cfg.addr.port() == 0 => {
-                let (sock, addr) = reserve_port(cfg.addr)?;
-                cfg.addr = addr;
-                (SourceConfig::Tcp(cfg), Some(sock))
+        let mut reservations = Vec::new();
+        let mut sources = sources;
+        for s in &mut sources {
+            if let SourceConfig::Tcp(cfg) = s {
+                if cfg.addr.port() == 0 {
+                    let (sock, addr) = reserve_port(cfg.addr)?;
+                    cfg.addr = addr;
+                    reservations.push(sock);
+                }
             }
-            other => (other, None),
-        };
-        let local_addr = match &source {
-            SourceConfig::Tcp(cfg) => Some(cfg.addr),
-            _ => None,
-        };
+        }
+        let local_addrs: Vec<Option<SocketAddr>> = sources
+            .iter()
+            .map(|s| match s {
+                SourceConfig::Tcp(cfg) => Some(cfg.addr),
+                _ => None,
+            })
+            .collect();
         let stop = StopHandle::new();
         let metrics = Metrics::new(n);
         let router = Router::new(n, self.seed);
         let recovery = match &checkpoints {
-            Some((cfg, codecs)) => Some(recover::<A>(cfg, codecs, &source, &router, &metrics)?),
+            Some((cfg, ops)) => Some(recover::recover::<A>(
+                cfg, ops, &chain, &sources, &router, &metrics,
+            )?),
             None => None,
         };
-        let file_plan = match &source {
-            SourceConfig::File(cfg) => {
+        let files: Vec<&file_source::FileSourceConfig> = sources
+            .iter()
+            .filter_map(|s| match s {
+                SourceConfig::File(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        if files.len() > 1 && checkpoints.is_some() {
+            return Err(Error::Unsupported(
+                "checkpoints with more than one file source (a checkpoint records one file's \
+                 read positions)"
+                    .into(),
+            ));
+        }
+        let file_plan = match files.first() {
+            Some(cfg) => {
                 let resume = recovery
                     .as_ref()
                     .and_then(|r| r.valid.as_ref())
@@ -257,51 +300,33 @@ impl Engine {
                 );
                 Some(plan)
             }
-            _ => None,
+            None => None,
         };
         let (coordinator, ck_setup) = match (checkpoints, recovery) {
-            (Some((cfg, codecs)), Some(rec)) => {
-                let source_kind = match (&file_plan, &source) {
-                    (Some(p), _) => SourceKind::File {
-                        path: p.path.clone(),
-                        len: p.len,
-                    },
-                    (None, SourceConfig::Tcp(_)) => SourceKind::Unreplayable("tcp".into()),
-                    (None, _) => SourceKind::Unreplayable("memory".into()),
-                };
-                let restored_id = rec.valid.as_ref().map(|v| v.manifest.id);
-                let parts: Arc<[(Vec<u8>, Vec<u8>)]> = match &rec.valid {
-                    Some(v) => v.reshard(&router).into(),
-                    None => vec![(Vec::new(), Vec::new()); n].into(),
-                };
-                let (coordinator, link) = Coordinator::start(CoordinatorConfig {
-                    dir: cfg.dir.clone(),
-                    interval: cfg.interval,
-                    keep: cfg.keep,
-                    cores: n,
-                    next_id: rec.next_id,
-                    restored: restored_id,
-                    source: source_kind,
-                    metrics: metrics.clone(),
-                })?;
-                let setup = CoreCkSetup {
-                    link,
-                    codecs,
-                    last_id: rec.next_id - 1,
-                    restored: parts,
-                };
-                (Some(coordinator), Some(setup))
+            (Some((cfg, ops)), Some(rec)) => {
+                let (c, setup) = recover::start_coordinator::<A>(
+                    &cfg,
+                    ops,
+                    &chain,
+                    rec,
+                    file_plan.as_ref(),
+                    &sources,
+                    &router,
+                    &metrics,
+                )?;
+                (Some(c), Some(setup))
             }
             _ => (None, None),
         };
+        drop(chain);
         let file_plan = file_plan.map(Arc::new);
-        let mesh = FullMesh::<Envelope<A::Value>>::full(n, self.ring_capacity);
+        let mesh = FullMesh::<Envelope>::full(n, self.ring_capacity);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(n);
         for (i, &cpu) in cpus.iter().take(n).enumerate() {
             let ctx = CoreSetup {
                 app: app.clone(),
-                source: source.clone(),
+                sources: sources.clone(),
                 sink: sink.clone(),
                 router: router.clone(),
                 mesh: mesh.clone(),
@@ -344,12 +369,12 @@ impl Engine {
                 Err(_) => break,
             }
         }
-        drop(reservation);
+        drop(reservations);
         let running = Running {
             threads,
             stop,
             metrics,
-            local_addr,
+            local_addrs,
             cpus: cpus[..n].to_vec(),
             coordinator,
         };
@@ -374,10 +399,10 @@ impl Engine {
     pub fn run<A: App>(
         self,
         app: A,
-        source: SourceConfig,
+        sources: impl IntoSources,
         sink: SinkConfig,
     ) -> Result<Report, Error> {
-        self.start(app, source, sink)?.join()
+        self.start(app, sources, sink)?.join()
     }
 }
 
@@ -409,245 +434,12 @@ fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), Error
     Ok((sock, bound))
 }
 
-/// What a core thread needs to start.
-struct CoreSetup<A: App> {
-    app: A,
-    source: SourceConfig,
-    sink: SinkConfig,
-    router: Router,
-    mesh: FullMesh<Envelope<A::Value>>,
-    metrics: Metrics,
-    stop: StopHandle,
-    ready: mpsc::Sender<Result<(), Error>>,
-    sink_queue: usize,
-    cores: usize,
-    /// Checkpointing, when on: the link to the coordinator and the state this core restores.
-    ck: Option<CoreCkSetup<A>>,
-    /// With a file source: which ranges each core reads.
-    file: Option<Arc<FilePlan>>,
-}
-
-/// How a pipeline's state and values are written into checkpoints.
-type Codecs<A> = (Codec<<A as App>::State>, Codec<<A as App>::Value>);
-
-/// A core's checkpointing setup.
-struct CoreCkSetup<A: App> {
-    link: Link,
-    codecs: Codecs<A>,
-    /// The last checkpoint id before this run's first one.
-    last_id: u64,
-    /// Restored `(key, state)` entries and in-flight `(key, value)` records, by owner core.
-    restored: Arc<[(Vec<u8>, Vec<u8>)]>,
-}
-
-impl<A: App> Clone for CoreCkSetup<A> {
-    fn clone(&self) -> Self {
-        CoreCkSetup {
-            link: self.link.clone(),
-            codecs: self.codecs,
-            last_id: self.last_id,
-            restored: self.restored.clone(),
-        }
-    }
-}
-
-/// What [`recover`] found.
-struct Recovery {
-    valid: Option<Valid>,
-    next_id: u64,
-}
-
-/// Opens (or creates) the checkpoint directory and finds the newest usable checkpoint in it,
-/// logging what is restored, how old it is, and what a TCP source loses.
-fn recover<A: App>(
-    cfg: &Checkpoints,
-    codecs: &Codecs<A>,
-    source: &SourceConfig,
-    router: &Router,
-    metrics: &Metrics,
-) -> Result<Recovery, Error> {
-    let dir = &cfg.dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        what: format!("creating the checkpoint directory {}", dir.display()),
-        source: e,
-    })?;
-    let state = |b: &[u8]| codecs.0.decode(b).is_some();
-    let value = |b: &[u8]| codecs.1.decode(b).is_some();
-    let found = scan(
-        dir,
-        &Decoders {
-            state: &state,
-            value: &value,
-        },
-    )?;
-    match &found.latest {
-        Some(v) => {
-            let m = &v.manifest;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            let age = Duration::from_millis(now.saturating_sub(m.created_unix_ms));
-            crate::metrics::CoreMetrics::set(&metrics.checkpoints().restored_id, m.id);
-            tracing::info!(
-                "restored checkpoint {} from {}: {} keys, taken {:.1} s ago on {} cores (now \
-                 re-sharded onto {}); its source was at {}",
-                m.id,
-                dir.display(),
-                v.keys(),
-                age.as_secs_f64(),
-                m.cores,
-                router.cores(),
-                describe_source(&m.source)
-            );
-            if let SourceConfig::Tcp(t) = source {
-                tracing::warn!(
-                    "the TCP source on {} cannot replay: frames that reached the server after \
-                     checkpoint {} (its last {:.1} s before the restart) are lost unless their \
-                     senders send them again; counts resume from the checkpoint",
-                    t.addr,
-                    m.id,
-                    age.as_secs_f64()
-                );
-            }
-        }
-        None => tracing::info!(
-            "no usable checkpoint in {}: starting from empty state",
-            dir.display()
-        ),
-    }
-    Ok(Recovery {
-        valid: found.latest,
-        next_id: found.max_id + 1,
-    })
-}
-
-/// What a core thread hands back: its index and its memory-sink output.
-type CoreOutcome = (usize, Vec<u8>);
-
-async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
-    let Ok((senders, receivers)) = s.mesh.join().await else {
-        let _ = s.ready.send(Err(Error::CoreFailed {
-            core: usize::MAX,
-            reason: "could not join the channel mesh".into(),
-        }));
-        return (usize::MAX, Vec::new());
-    };
-    let index = senders.peer_id();
-    let shutdown = Shutdown::new();
-    let port = Rc::new(SinkPort::new(s.sink_queue));
-    let rx = port.clone();
-    let sink_task = match s.sink {
-        SinkConfig::Memory => {
-            glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index, true))
-        }
-        SinkConfig::Discard => {
-            glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index, false))
-        }
-        SinkConfig::Tcp(cfg) => {
-            let (m, sd) = (s.metrics.clone(), shutdown.clone());
-            glommio::spawn_local(async move {
-                run_tcp_sink(cfg, rx, m, index, sd).await;
-                Vec::new()
-            })
-        }
-    };
-    let mut worker = Worker::new(s.app, s.router, senders, port, s.metrics, shutdown.clone());
-    if let Some(ck) = &s.ck {
-        worker = worker.with_checkpoints(CoreCheckpoint::new(
-            index,
-            s.cores,
-            ck.link.clone(),
-            ck.codecs,
-            ck.last_id,
-        ));
-        // Before any input is read (peers' batches wait in the rings until the drains start).
-        let (state, in_flight) = &ck.restored[index];
-        worker.restore(state, in_flight);
-    }
-    let worker = Rc::new(worker);
-    let initiator =
-        s.ck.as_ref()
-            .map(|_| glommio::spawn_local(run_initiator(worker.clone())));
-    let receivers = Rc::new(receivers);
-    let drains: Vec<_> = (0..s.cores)
-        .filter(|&p| p != index)
-        .map(|p| glommio::spawn_local(drain_peer(worker.clone(), receivers.clone(), p)))
-        .collect();
-    let stop = s.stop.clone();
-    let watcher = glommio::spawn_local(async move {
-        while !stop.is_stopped() {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-        shutdown.trigger();
-    });
-
-    match s.source {
-        SourceConfig::Tcp(cfg) => {
-            // io_uring sockets unless glommio's were chosen or io_uring is unavailable here.
-            let uring = match cfg.io {
-                IoBackend::Uring => uring::listen(&cfg, index),
-                IoBackend::Glommio => Ok(None),
-            };
-            match uring {
-                Ok(Some(listener)) => {
-                    let _ = s.ready.send(Ok(()));
-                    uring::run_tcp_source(worker.clone(), listener, cfg).await;
-                }
-                Ok(None) => match bind(&cfg, index) {
-                    Ok(listener) => {
-                        let _ = s.ready.send(Ok(()));
-                        run_tcp_source(worker.clone(), listener, cfg).await;
-                    }
-                    Err(e) => {
-                        let _ = s.ready.send(Err(e));
-                    }
-                },
-                Err(e) => {
-                    let _ = s.ready.send(Err(e));
-                }
-            }
-        }
-        SourceConfig::Memory(src) => {
-            let _ = s.ready.send(Ok(()));
-            run_memory_source(worker.clone(), src, s.cores).await;
-        }
-        SourceConfig::File(cfg) => {
-            let _ = s.ready.send(Ok(()));
-            let (path, ranges) = match &s.file {
-                Some(plan) => (plan.path.clone(), plan.per_core[index].clone()),
-                None => (cfg.path.clone(), Vec::new()),
-            };
-            run_file_source(worker.clone(), cfg, path, ranges).await;
-        }
-    }
-    // The source is finished: deliver what it left in the outboxes, then tell the peers.
-    worker.flush().await;
-    worker.send_done().await;
-    for d in drains {
-        // While peers are still sending, keep honouring a stop request in the watcher.
-        or(d, async {
-            std::future::pending::<()>().await;
-        })
-        .await;
-    }
-    // Every input is finished: the final checkpoint (and any still asked of this core).
-    if let Some(initiator) = initiator {
-        worker.finish_checkpoints(initiator).await;
-    }
-    worker.sink.flush().await;
-    worker.sink.close();
-    drop(watcher);
-    let out = sink_task.await;
-    (index, out)
-}
-
 /// A started engine.
 pub struct Running {
     threads: Vec<ExecutorJoinHandle<CoreOutcome>>,
     stop: StopHandle,
     metrics: Metrics,
-    local_addr: Option<SocketAddr>,
+    local_addrs: Vec<Option<SocketAddr>>,
     cpus: Vec<usize>,
     coordinator: Option<Coordinator>,
 }
@@ -668,9 +460,14 @@ impl Running {
         &self.metrics
     }
 
-    /// The TCP source's address (with the actual port when port 0 was asked for).
+    /// The first TCP source's address (with the actual port when port 0 was asked for).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
+        self.local_addrs.iter().flatten().next().copied()
+    }
+
+    /// Each source's address, in source order (`None` for sources that are not TCP).
+    pub fn local_addrs(&self) -> &[Option<SocketAddr>] {
+        &self.local_addrs
     }
 
     /// The CPU each core thread is pinned to, in start order.

@@ -1,0 +1,462 @@
+//! The dataflow as one core runs it: sources' front halves, then a chain of state steps.
+//!
+//! A pipeline ([`crate::pipeline`]) is a description. Each core builds its own running copy of
+//! it on its own thread: the [`Fronts`] (one per source: decode a frame, run the stateless
+//! steps, key each record) and a [`Chain`] of state steps. A state step ([`StateStage`]) owns
+//! this core's [`Shard`] of its keys; what it emits goes to its tail: an [`Encoder`] writing
+//! bytes for the sink, or a [`Forward`] that runs more stateless steps, keys the results again
+//! and routes them to the next state step.
+//!
+//! **Records cross cores at each `key_by` and nowhere else.** A keyed record whose owner is
+//! this core is applied at once, by a direct call; one owned by another core is moved into that
+//! core's [`Outbox`] for that step, which the worker sends as one batch ([`crate::worker`]).
+//! Batches of every step share the rings, tagged with their step's index; the receiving core
+//! hands them to [`Chain::apply_any`], which finds the step and its types again.
+
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use crate::key::Key;
+use crate::pipeline::steps::TypedStep;
+use crate::routing::{AnyBatch, Batch, Router};
+use crate::state::Shard;
+
+/// Why a frame was rejected by a source's decoder. `Copy` and allocation-free, so a flood of
+/// bad frames costs nothing but a counter.
+///
+/// ```
+/// use bettong_engine::DecodeError;
+/// let e = DecodeError::new("an order payload must be 53 bytes").with_value(52);
+/// assert_eq!(e.to_string(), "an order payload must be 53 bytes (got 52)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeError {
+    reason: &'static str,
+    value: Option<u64>,
+}
+
+impl DecodeError {
+    /// A rejection for `reason`.
+    pub const fn new(reason: &'static str) -> Self {
+        DecodeError {
+            reason,
+            value: None,
+        }
+    }
+
+    /// The same, naming the offending value (a length, a type byte, an offset).
+    pub const fn with_value(self, value: u64) -> Self {
+        DecodeError {
+            reason: self.reason,
+            value: Some(value),
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.value {
+            Some(v) => write!(f, "{} (got {v})", self.reason),
+            None => f.write_str(self.reason),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl From<std::str::Utf8Error> for DecodeError {
+    fn from(e: std::str::Utf8Error) -> Self {
+        DecodeError::new("the frame is not valid UTF-8; first bad byte at offset")
+            .with_value(e.valid_up_to() as u64)
+    }
+}
+
+/// One source's front half: frame → records → keyed records.
+pub trait Front: Clone + Send + 'static {
+    /// The key `key_by` makes.
+    type Key: ?Sized + Key;
+    /// The value routed with it.
+    type Value: Send + 'static;
+    /// Decodes one frame and passes every keyed record to `route`. A frame the decoder rejects
+    /// routes nothing.
+    fn decode(
+        &mut self,
+        frame: &[u8],
+        route: &mut impl FnMut(&Self::Key, Self::Value),
+    ) -> Result<(), DecodeError>;
+}
+
+/// The front halves of every source of a pipeline (one, or several merged into one state
+/// step), addressed by source index in the order they were merged.
+pub trait Fronts: Clone + Send + 'static {
+    /// The key every source's `key_by` makes.
+    type Key: ?Sized + Key;
+    /// The value every source routes.
+    type Value: Send + 'static;
+    /// Number of sources.
+    fn count(&self) -> usize;
+    /// [`Front::decode`] of source `source`.
+    fn decode(
+        &mut self,
+        source: usize,
+        frame: &[u8],
+        route: &mut impl FnMut(&Self::Key, Self::Value),
+    ) -> Result<(), DecodeError>;
+}
+
+impl<F: Front> Fronts for F {
+    type Key = F::Key;
+    type Value = F::Value;
+    fn count(&self) -> usize {
+        1
+    }
+    #[inline]
+    fn decode(
+        &mut self,
+        _source: usize,
+        frame: &[u8],
+        route: &mut impl FnMut(&Self::Key, Self::Value),
+    ) -> Result<(), DecodeError> {
+        Front::decode(self, frame, route)
+    }
+}
+
+/// Two groups of sources merged into one state step (Wallaroo's `merge`): sources `0..a` are
+/// `A`'s, the next are `B`'s.
+#[derive(Clone)]
+pub struct Merge<A, B> {
+    pub(crate) a: A,
+    pub(crate) b: B,
+}
+
+impl<A: Fronts, B: Fronts<Key = A::Key, Value = A::Value>> Fronts for Merge<A, B> {
+    type Key = A::Key;
+    type Value = A::Value;
+    fn count(&self) -> usize {
+        self.a.count() + self.b.count()
+    }
+    #[inline]
+    fn decode(
+        &mut self,
+        source: usize,
+        frame: &[u8],
+        route: &mut impl FnMut(&Self::Key, Self::Value),
+    ) -> Result<(), DecodeError> {
+        let n = self.a.count();
+        if source < n {
+            self.a.decode(source, frame, route)
+        } else {
+            self.b.decode(source - n, frame, route)
+        }
+    }
+}
+
+/// What applying records on one core did, and where its outputs go.
+pub struct Cx<'a> {
+    /// This core's index.
+    pub me: usize,
+    pub router: &'a Router,
+    /// The sink chunk encoders append to.
+    pub out: &'a mut Vec<u8>,
+    /// When the records being applied arrived at the engine.
+    pub born: Instant,
+    /// Records applied to a state step.
+    pub applied: u64,
+    /// Outputs encoded for the sink.
+    pub outputs: u64,
+    /// Records a forward step moved into an outbox for another core.
+    pub forwarded: u64,
+}
+
+/// Keyed records waiting to be sent to other cores for one state step: one batch per core.
+pub(crate) struct Outbox<K: ?Sized + Key, V> {
+    per_dest: Vec<Batch<K::Owned, V>>,
+    queued: usize,
+}
+
+impl<K: ?Sized + Key, V: Send + 'static> Outbox<K, V> {
+    pub(crate) fn new() -> Self {
+        Outbox {
+            per_dest: Vec::new(),
+            queued: 0,
+        }
+    }
+
+    /// Moves a record into core `dest`'s batch (copying a borrowed key into its owned form).
+    #[inline]
+    pub(crate) fn push(&mut self, dest: usize, hash: u64, key: K::Owned, value: V, born: Instant) {
+        if dest >= self.per_dest.len() {
+            self.per_dest.resize_with(dest + 1, Batch::default);
+        }
+        let b = &mut self.per_dest[dest];
+        if b.born.is_none() {
+            b.born = Some(born);
+        }
+        b.push(hash, key, value);
+        self.queued += 1;
+    }
+
+    /// Records waiting, over every destination.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Takes core `dest`'s batch, if it holds records, leaving an empty one of the same size.
+    pub(crate) fn take(&mut self, dest: usize) -> Option<(AnyBatch, usize, Option<Instant>)> {
+        let b = self.per_dest.get_mut(dest)?;
+        if b.is_empty() {
+            return None;
+        }
+        let cap = b.len();
+        let batch = std::mem::replace(b, Batch::with_capacity(cap));
+        self.queued -= batch.len();
+        let (len, born) = (batch.len(), batch.born);
+        Some((Box::new(batch), len, born))
+    }
+}
+
+/// A batch handed to a step that is not of its types: a bug, reported by the worker.
+pub struct WrongBatch;
+
+/// A chain of state steps as one core runs it: the first step and everything after it.
+pub trait Chain: 'static {
+    /// The first step's key.
+    type Key: ?Sized + Key;
+    /// The value the first step takes.
+    type Value: Send + 'static;
+
+    /// Number of state steps in the chain.
+    #[doc(hidden)]
+    fn depth(&self) -> usize;
+
+    /// Applies one record owned by this core to the first step.
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn apply(&mut self, hash: u64, key: &Self::Key, value: Self::Value, cx: &mut Cx<'_>);
+
+    /// Applies a batch routed to step `rel` of this chain (0 = the first).
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>)
+        -> Result<(), WrongBatch>;
+
+    /// Hands `f` every non-empty outbox batch for core `dest` of the steps after the first,
+    /// with its absolute step index (`base` is the first step's).
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn take_outboxes(
+        &mut self,
+        base: usize,
+        dest: usize,
+        f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
+    );
+
+    /// Records waiting in the outboxes of the steps after the first.
+    #[doc(hidden)]
+    fn queued(&self) -> usize;
+
+    /// Keys held and their approximate heap bytes, over every step.
+    #[doc(hidden)]
+    fn keys(&self) -> (u64, u64);
+}
+
+/// What a state step's outputs go to.
+pub trait Tail<K: ?Sized, O>: 'static {
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn emit(&mut self, key: &K, out: O, cx: &mut Cx<'_>);
+    #[doc(hidden)]
+    fn depth(&self) -> usize;
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>)
+        -> Result<(), WrongBatch>;
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn take_outboxes(
+        &mut self,
+        base: usize,
+        dest: usize,
+        f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
+    );
+    #[doc(hidden)]
+    fn queued(&self) -> usize;
+    #[doc(hidden)]
+    fn keys(&self) -> (u64, u64);
+}
+
+/// One state step on one core: this core's shard of its keys, the user's initial-state and
+/// update functions, and the tail its outputs go to.
+pub struct StateStage<K: ?Sized + Key, V, S, I, U, T> {
+    pub(crate) shard: Shard<K, S>,
+    pub(crate) init: I,
+    pub(crate) update: U,
+    pub(crate) tail: T,
+    pub(crate) _v: PhantomData<fn(V)>,
+}
+
+impl<K, V, S, I, U, R, T> Chain for StateStage<K, V, S, I, U, T>
+where
+    K: ?Sized + Key + 'static,
+    V: Send + 'static,
+    S: 'static,
+    I: FnMut(&K) -> S + 'static,
+    U: FnMut(&K, &mut S, V) -> R + 'static,
+    R: IntoIterator,
+    T: Tail<K, R::Item>,
+{
+    type Key = K;
+    type Value = V;
+
+    fn depth(&self) -> usize {
+        1 + self.tail.depth()
+    }
+
+    #[inline]
+    fn apply(&mut self, hash: u64, key: &K, value: V, cx: &mut Cx<'_>) {
+        let StateStage {
+            shard,
+            init,
+            update,
+            tail,
+            ..
+        } = self;
+        let state = shard.get_or_insert_with(hash, key, &mut *init);
+        cx.applied += 1;
+        for o in update(key, state, value) {
+            tail.emit(key, o, cx);
+        }
+    }
+
+    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>) -> Result<(), WrongBatch> {
+        if rel > 0 {
+            return self.tail.apply_any(rel - 1, batch, cx);
+        }
+        let batch = batch
+            .downcast::<Batch<K::Owned, V>>()
+            .map_err(|_| WrongBatch)?;
+        for (hash, key, value) in batch.into_records() {
+            self.apply(hash, K::borrow_owned(&key), value, cx);
+        }
+        Ok(())
+    }
+
+    fn take_outboxes(
+        &mut self,
+        base: usize,
+        dest: usize,
+        f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
+    ) {
+        self.tail.take_outboxes(base + 1, dest, f)
+    }
+
+    fn queued(&self) -> usize {
+        self.tail.queued()
+    }
+
+    fn keys(&self) -> (u64, u64) {
+        let (k, b) = self.tail.keys();
+        (
+            k + self.shard.len() as u64,
+            b + self.shard.heap_bytes() as u64,
+        )
+    }
+}
+
+/// The last tail: encodes each output for the sink.
+pub struct Encoder<E> {
+    pub(crate) encode: E,
+}
+
+impl<K: ?Sized, O, E> Tail<K, O> for Encoder<E>
+where
+    E: FnMut(&K, &O, &mut Vec<u8>) + 'static,
+{
+    #[inline]
+    fn emit(&mut self, key: &K, out: O, cx: &mut Cx<'_>) {
+        (self.encode)(key, &out, cx.out);
+        cx.outputs += 1;
+    }
+    fn depth(&self) -> usize {
+        0
+    }
+    fn apply_any(&mut self, _: usize, _: AnyBatch, _: &mut Cx<'_>) -> Result<(), WrongBatch> {
+        Err(WrongBatch)
+    }
+    fn take_outboxes(
+        &mut self,
+        _: usize,
+        _: usize,
+        _: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
+    ) {
+    }
+    fn queued(&self) -> usize {
+        0
+    }
+    fn keys(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+/// A tail that runs more stateless steps on each output, keys the results again and routes
+/// them to the next state step: this is where a chained pipeline crosses cores again.
+pub struct Forward<P, F, C: Chain> {
+    pub(crate) steps: P,
+    pub(crate) key: F,
+    pub(crate) outbox: Outbox<C::Key, C::Value>,
+    pub(crate) next: C,
+}
+
+impl<K, O, P, F, C, K2> Tail<K, O> for Forward<P, F, C>
+where
+    K: ?Sized,
+    P: TypedStep<O>,
+    F: FnMut(P::Out) -> (K2, C::Value) + 'static,
+    C: Chain<Key = K2>,
+    K2: Key + Sized,
+    O: 'static,
+{
+    #[inline]
+    fn emit(&mut self, _key: &K, out: O, cx: &mut Cx<'_>) {
+        let Forward {
+            steps,
+            key,
+            outbox,
+            next,
+        } = self;
+        steps.run(out, &mut |item| {
+            let (k, v) = key(item);
+            let hash = cx.router.hash(&k);
+            let owner = cx.router.owner(hash);
+            if owner == cx.me {
+                next.apply(hash, &k, v, cx);
+            } else {
+                outbox.push(owner, hash, k.to_owned_key(), v, cx.born);
+                cx.forwarded += 1;
+            }
+        });
+    }
+    fn depth(&self) -> usize {
+        self.next.depth()
+    }
+    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>) -> Result<(), WrongBatch> {
+        self.next.apply_any(rel, batch, cx)
+    }
+    fn take_outboxes(
+        &mut self,
+        base: usize,
+        dest: usize,
+        f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
+    ) {
+        if let Some((batch, len, born)) = self.outbox.take(dest) {
+            f(base, batch, len, born);
+        }
+        self.next.take_outboxes(base, dest, f)
+    }
+    fn queued(&self) -> usize {
+        self.outbox.queued() + self.next.queued()
+    }
+    fn keys(&self) -> (u64, u64) {
+        self.next.keys()
+    }
+}
