@@ -11,9 +11,6 @@
 //!   `/proc`; [`TestSink`] is a receiver whose pace (full, trickle, stalled) and presence (gone,
 //!   back) the test controls; [`Flood`] writes from many connections at once; [`final_metrics`]
 //!   reads the counters the server logs when it stops.
-//!
-//! Each test binary uses only some of these, hence the `dead_code` allowance.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -777,11 +774,6 @@ impl TestSink {
     /// Complete lines read so far.
     pub fn lines(&self) -> u64 {
         self.shared.lines.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Bytes read so far, over all connections.
-    pub fn bytes(&self) -> u64 {
-        lock(&self.shared.conns).iter().map(|c| c.bytes).sum()
     }
 
     /// Waits until at least `n` lines were read, for at most `timeout`.

@@ -7,8 +7,6 @@
 //!
 //! Every server runs on 2 cores and is killed when its test ends, pass or fail.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{frame_lines, push_frame, split_frames, BILL_OF_RIGHTS};
 use bettong::receive::Receiver;
 
-use common::{
+use crate::support::{
     chunk_cuts, frame_all, free_addr, header_splits, random_message, reference_counts, run_to_exit,
     send_in_chunks, start_receiver, total_lines, Rng, Server, WAIT,
 };
@@ -253,7 +251,7 @@ fn connection_ending_inside_a_frame_drops_only_the_partial_frame() {
         let peer = conn.local_addr().expect("client address").to_string();
         let _ = server.wait_for_stderr(&peer, Duration::from_secs(2));
     }
-    thread::sleep(common::SETTLE);
+    thread::sleep(crate::support::SETTLE);
     server.finish_and_check(receiver, &expected, "connections that end inside a frame");
 }
 

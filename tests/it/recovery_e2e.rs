@@ -10,8 +10,6 @@
 //! after the last checkpoint may be emitted again, never lost) and none above it. The state
 //! itself is read back from the final checkpoint and compared with the reference, key by key.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{frame_lines, split_frames, BILL_OF_RIGHTS};
 use bettong_engine::checkpoint::{self, SourceMark};
 
-use common::{diff_counts, reference_counts, Rng, Server, WAIT};
+use crate::support::{diff_counts, reference_counts, Rng, Server, WAIT};
 
 /// The lines of one sink connection, in order.
 type Lines = Arc<Mutex<Vec<String>>>;
