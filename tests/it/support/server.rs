@@ -1,8 +1,9 @@
 //! Running the real `bettong` binary: [`Server`] starts it as a child process, learns the
-//! address it listens on, keeps everything it prints (for failure messages and for the tests that
-//! check a log message on purpose), signals it, waits for its exit, and kills it when dropped, so
-//! a failing test never leaks a server. [`final_metrics`] and [`number_after`] read what it says
-//! when it stops.
+//! address it listens on from its `{"event":"ready",…}` line on stdout, keeps everything it
+//! prints (stderr for failure messages and for the tests that check a log message on purpose),
+//! signals it, waits for its exit, and kills it when dropped, so a failing test never leaks a
+//! server. [`final_metrics`] reads the counters of its `{"event":"stopped",…}` line;
+//! [`number_after`] reads a number out of a log message.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -21,52 +22,56 @@ pub fn bettong_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bettong")
 }
 
-/// Every stderr line of a child process so far, and a signal for each new one.
+/// Every line a child process wrote to one stream so far, and a signal for each new one.
 #[derive(Default)]
 struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
 }
 
-/// A `bettong` child process whose stderr is collected; killed (if still running) on drop.
+/// A `bettong` child process whose stdout and stderr are collected; killed (if still running)
+/// on drop.
 pub struct Server {
     child: Child,
     addr: Option<SocketAddr>,
+    /// stderr: the log.
     log: Arc<Log>,
-    reader: Option<JoinHandle<()>>,
+    /// stdout: the machine-readable lines (`serve`'s JSON events).
+    out: Arc<Log>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Runs `bettong ARGS` with stderr collected, logging at `info` without colours.
+    /// Runs `bettong ARGS` with stdout and stderr collected, logging at `info` without colours.
     pub fn spawn(args: &[&str]) -> Server {
         let mut child = Command::new(bettong_bin())
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", bettong_bin()));
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Log::default());
-        let reader = {
-            let log = log.clone();
-            thread::Builder::new()
-                .name("bettong-stderr".into())
-                .spawn(move || collect_lines(stderr, &log))
-                .expect("cannot start the stderr reader thread")
-        };
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (log, out) = (Arc::new(Log::default()), Arc::new(Log::default()));
+        let readers = vec![
+            spawn_collector("bettong-stderr", stderr, log.clone()),
+            spawn_collector("bettong-stdout", stdout, out.clone()),
+        ];
         Server {
             child,
             addr: None,
             log,
-            reader: Some(reader),
+            out,
+            readers,
         }
     }
 
-    /// Starts `bettong serve --in INPUT --out OUT --cores 2 EXTRA…` and waits until it logs the
-    /// address it listens on. `input` is `[NAME@]127.0.0.1:0` in tests, so the port is free.
+    /// Starts `bettong serve --in INPUT --out OUT --cores 2 EXTRA…` and waits for its ready line
+    /// (`{"event":"ready","in":"HOST:PORT","cores":N}` on stdout), which says the address it
+    /// listens on. `input` is `[NAME@]127.0.0.1:0` in tests, so the port is free.
     #[track_caller]
     pub fn serve(input: &str, out: SocketAddr, extra: &[&str]) -> Server {
         let out = out.to_string();
@@ -75,28 +80,34 @@ impl Server {
         let mut server = Server::spawn(&args);
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(addr) = server.stderr_lines().iter().find_map(|l| listening_addr(l)) {
-                server.addr = Some(addr);
+            if let Some(ready) = server.event("ready") {
+                let addr = ready["in"].as_str().and_then(|a| a.parse().ok());
+                server.addr = Some(addr.unwrap_or_else(|| {
+                    panic!("bettong {args:?}: no HOST:PORT in its ready line {ready}")
+                }));
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                server.join_reader();
+                server.join_readers();
                 panic!(
-                    "bettong {args:?} exited ({status}) before listening; its stderr:\n{}",
+                    "bettong {args:?} exited ({status}) before listening; its stdout:\n{}\n\
+                     its stderr:\n{}",
+                    server.stdout(),
                     server.stderr()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "bettong {args:?} logged no `listening on ADDR with` line within {WAIT:?}; \
+                "bettong {args:?} printed no ready line within {WAIT:?}; its stdout:\n{}\n\
                  its stderr:\n{}",
+                server.stdout(),
                 server.stderr()
             );
-            server.wait_for_more_stderr(Duration::from_millis(50));
+            server.out.wait_for_more(Duration::from_millis(50));
         }
     }
 
-    /// The address the server listens on (from its `listening on` log line).
+    /// The address the server listens on (from its ready line).
     pub fn addr(&self) -> SocketAddr {
         self.addr
             .expect("this process was not started with Server::serve")
@@ -127,26 +138,25 @@ impl Server {
 
     /// Every stderr line so far.
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.log
-            .lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.log.lines()
     }
 
     /// Everything on stderr so far, one line each, for failure messages.
     pub fn stderr(&self) -> String {
-        let lines = self.stderr_lines();
-        if lines.is_empty() {
-            "(nothing)".to_string()
-        } else {
-            lines.join("\n")
-        }
+        self.log.text()
     }
 
-    /// Whether some stderr line so far contains `needle`.
-    pub fn stderr_contains(&self, needle: &str) -> bool {
-        self.stderr_lines().iter().any(|l| l.contains(needle))
+    /// Everything on stdout so far, one line each, for failure messages.
+    pub fn stdout(&self) -> String {
+        self.out.text()
+    }
+
+    /// The first JSON line on stdout so far whose `event` is `name` (`"ready"`, `"stopped"`).
+    pub fn event(&self, name: &str) -> Option<serde_json::Value> {
+        self.out.lines().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == name).then_some(v)
+        })
     }
 
     /// Waits until a stderr line contains `needle`, for at most `timeout`; returns whether one
@@ -192,11 +202,6 @@ impl Server {
         );
     }
 
-    fn wait_for_more_stderr(&self, timeout: Duration) {
-        let lines = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.log.grew.wait_timeout(lines, timeout);
-    }
-
     /// Sends `signal` (`"TERM"`, `"INT"`, …) to the process with kill(1).
     #[track_caller]
     pub fn signal(&self, signal: &str) {
@@ -220,7 +225,7 @@ impl Server {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    self.join_reader();
+                    self.join_readers();
                     return status;
                 }
                 Ok(None) => {}
@@ -268,8 +273,8 @@ impl Server {
         report
     }
 
-    fn join_reader(&mut self) {
-        if let Some(r) = self.reader.take() {
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
             let _ = r.join();
         }
     }
@@ -281,8 +286,42 @@ impl Drop for Server {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        self.join_reader();
+        self.join_readers();
     }
+}
+
+impl Log {
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every line so far, joined, or `(nothing)`.
+    fn text(&self) -> String {
+        let lines = self.lines();
+        if lines.is_empty() {
+            "(nothing)".to_string()
+        } else {
+            lines.join("\n")
+        }
+    }
+
+    /// Waits for a new line, for at most `timeout`.
+    fn wait_for_more(&self, timeout: Duration) {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.grew.wait_timeout(lines, timeout);
+    }
+}
+
+/// Starts a thread that collects `stream` into `log`.
+fn spawn_collector(
+    name: &str,
+    stream: impl Read + Send + 'static,
+    log: Arc<Log>,
+) -> JoinHandle<()> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || collect_lines(stream, &log))
+        .unwrap_or_else(|e| panic!("cannot start the {name} reader thread: {e}"))
 }
 
 /// Reads `stream` line by line into `log` until it ends (the child exited).
@@ -323,16 +362,6 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// The address in a `listening on 127.0.0.1:PORT with …` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let (addr, after) = rest.split_once(' ')?;
-    if !after.starts_with("with") {
-        return None;
-    }
-    addr.parse().ok()
-}
-
 /// Runs `bettong ARGS` to its end (at most [`WAIT`]) and returns its status and stderr.
 #[track_caller]
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
@@ -348,19 +377,16 @@ pub fn number_after(line: &str, prefix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The server's final counters, from its `final metrics: name=value …` log line.
+/// The server's final counters (summed over its cores), from the `metrics` of its
+/// `{"event":"stopped",…}` line on stdout; `None` while it has not stopped (or when it exited
+/// without stopping gracefully).
 pub fn final_metrics(server: &Server) -> Option<HashMap<String, u64>> {
-    let line = server
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("final metrics: "))?;
-    let rest = &line[line.find("final metrics: ")? + "final metrics: ".len()..];
+    let stopped = server.event("stopped")?;
+    let metrics = stopped["metrics"].as_object()?;
     Some(
-        rest.split_whitespace()
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
+        metrics
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
             .collect(),
     )
 }
