@@ -1,5 +1,5 @@
 //! The properties the fuzz targets check, shared by the targets (`fuzz_targets/*.rs`) and by the
-//! corpus replay test (`tests/reliability_fuzz_corpus.rs`), which includes this file with
+//! corpus replay test (`tests/it/reliability_fuzz_corpus.rs`), which includes this file with
 //! `#[path]` so that every `cargo test` runs the saved corpus without a fuzzer.
 //!
 //! Each check panics (with what differed) when the property does not hold.

@@ -6,15 +6,21 @@
 //! a second signal exits at once. With only a file source it also exits 0 once the file is read
 //! and all output flushed. With `--resilience-dir` it checkpoints all counts (and the file's read
 //! positions) and resumes from the newest checkpoint when restarted.
+//!
+//! Besides its log (stderr, for people), `serve` prints two JSON lines on stdout for programs:
+//! [`ready_line`] once it listens (or reads its file) and [`stopped_line`] with the final
+//! counters once it has stopped.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bettong_engine::{
-    Checkpoints, Engine, FileSourceConfig, Running, SinkConfig, SourceConfig, TcpSinkConfig,
-    TcpSourceConfig,
+    Checkpoints, Engine, FileSourceConfig, MetricsSnapshot, Report, Running, SinkConfig,
+    SourceConfig, TcpSinkConfig, TcpSourceConfig,
 };
 
 /// What `bettong serve` needs.
@@ -170,6 +176,11 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub fn serve(opts: &ServeOptions) -> Result<()> {
     let running = start_server(opts)?;
+    let input = match running.local_addr() {
+        Some(addr) => addr.to_string(),
+        None => opts.input.clone(),
+    };
+    print_line(&ready_line(&input, running.cpus().len()));
     let stop = running.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -196,6 +207,7 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         })
         .context("starting the signal thread")?;
     let report = running.join().context("running the word-count server")?;
+    print_line(&stopped_line(&report));
     let t = report.total();
     tracing::info!(
         "stopped: {} frames ({} rejected), {} words, {} outputs, {} bytes out",
@@ -230,4 +242,181 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The line `serve` prints on stdout once it listens:
+/// `{"event":"ready","in":"HOST:PORT","cores":N}`, with the address it really listens on (the
+/// port chosen when `--in` asked for port 0) and the number of cores it runs on. With a file
+/// source, `in` is `--in` as given (`file:PATH`).
+///
+/// ```
+/// assert_eq!(
+///     bettong::serve::ready_line("127.0.0.1:7000", 2),
+///     r#"{"event":"ready","in":"127.0.0.1:7000","cores":2}"#
+/// );
+/// ```
+pub fn ready_line(input: &str, cores: usize) -> String {
+    let input = serde_json::Value::from(input);
+    format!(r#"{{"event":"ready","in":{input},"cores":{cores}}}"#)
+}
+
+/// The line `serve` prints on stdout once it has stopped (gracefully or not, before its exit
+/// status says which): `{"event":"stopped","metrics":{...},"per_core":[{...},...]}`, where
+/// `metrics` is every counter of [`MetricsSnapshot`] summed over the cores and `per_core` each
+/// core's own, in core order, fields in the snapshot's order.
+pub fn stopped_line(report: &Report) -> String {
+    let mut line = String::from(r#"{"event":"stopped","metrics":"#);
+    push_snapshot(&mut line, &report.total());
+    line.push_str(r#","per_core":["#);
+    for (i, m) in report.metrics.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        push_snapshot(&mut line, m);
+    }
+    line.push_str("]}");
+    line
+}
+
+/// Appends `m` as a JSON object of its counters. The destructuring names every field, so a
+/// counter added to the engine fails to compile here until it is added to the JSON too.
+fn push_snapshot(out: &mut String, m: &MetricsSnapshot) {
+    let MetricsSnapshot {
+        connections_accepted,
+        connections_oversized,
+        connections_truncated,
+        connections_refused,
+        connections_idle_closed,
+        frames_in,
+        frames_rejected,
+        bytes_in,
+        records_in,
+        records_local,
+        records_routed,
+        batches_sent,
+        ring_full_stalls,
+        records_applied,
+        outputs,
+        bytes_out,
+        keys,
+        state_bytes,
+        sink_connects,
+        sink_connect_failures,
+        sink_bytes_at_risk,
+        sink_bytes_dropped,
+        checkpoints,
+        checkpoint_pause_us_last,
+        checkpoint_pause_us_max,
+        checkpoint_pause_us_total,
+        checkpoint_in_flight_last,
+        checkpoint_bytes_last,
+    } = *m;
+    let fields = [
+        ("connections_accepted", connections_accepted),
+        ("connections_oversized", connections_oversized),
+        ("connections_truncated", connections_truncated),
+        ("connections_refused", connections_refused),
+        ("connections_idle_closed", connections_idle_closed),
+        ("frames_in", frames_in),
+        ("frames_rejected", frames_rejected),
+        ("bytes_in", bytes_in),
+        ("records_in", records_in),
+        ("records_local", records_local),
+        ("records_routed", records_routed),
+        ("batches_sent", batches_sent),
+        ("ring_full_stalls", ring_full_stalls),
+        ("records_applied", records_applied),
+        ("outputs", outputs),
+        ("bytes_out", bytes_out),
+        ("keys", keys),
+        ("state_bytes", state_bytes),
+        ("sink_connects", sink_connects),
+        ("sink_connect_failures", sink_connect_failures),
+        ("sink_bytes_at_risk", sink_bytes_at_risk),
+        ("sink_bytes_dropped", sink_bytes_dropped),
+        ("checkpoints", checkpoints),
+        ("checkpoint_pause_us_last", checkpoint_pause_us_last),
+        ("checkpoint_pause_us_max", checkpoint_pause_us_max),
+        ("checkpoint_pause_us_total", checkpoint_pause_us_total),
+        ("checkpoint_in_flight_last", checkpoint_in_flight_last),
+        ("checkpoint_bytes_last", checkpoint_bytes_last),
+    ];
+    out.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, r#""{name}":{value}"#);
+    }
+    out.push('}');
+}
+
+/// Prints one machine-readable line on stdout and flushes it. A stdout nobody reads (closed)
+/// does not stop the server: the failure is logged.
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        tracing::warn!("cannot write to stdout: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter the engine displays is in the JSON, with its value, in the same order.
+    #[test]
+    fn stopped_line_has_every_counter() {
+        let a = MetricsSnapshot {
+            frames_in: 3,
+            checkpoint_bytes_last: 7,
+            ..Default::default()
+        };
+        let b = MetricsSnapshot {
+            frames_in: 4,
+            sink_bytes_dropped: 1,
+            ..Default::default()
+        };
+        let report = Report {
+            outputs: Vec::new(),
+            metrics: vec![a, b],
+        };
+        let line = stopped_line(&report);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["event"], "stopped");
+        let displayed = |m: &MetricsSnapshot| -> Vec<(String, u64)> {
+            m.to_string()
+                .split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("name=value");
+                    (k.to_string(), v.parse().expect("a number"))
+                })
+                .collect()
+        };
+        let as_pairs = |v: &serde_json::Value| -> Vec<(String, u64)> {
+            v.as_object()
+                .expect("an object")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().expect("a number")))
+                .collect()
+        };
+        let mut want = displayed(&report.total());
+        let mut got = as_pairs(&v["metrics"]);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(v["metrics"]["frames_in"], 7);
+        let per_core = v["per_core"].as_array().expect("an array");
+        assert_eq!(per_core.len(), 2);
+        assert_eq!(per_core[1]["sink_bytes_dropped"], 1);
+        assert!(line.contains(r#""metrics":{"connections_accepted":0,"#));
+    }
+
+    #[test]
+    fn ready_line_escapes_the_input() {
+        let line = ready_line("file:/tmp/a \"b\".bin", 1);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["in"], "file:/tmp/a \"b\".bin");
+        assert_eq!(v["cores"], 1);
+    }
 }

@@ -26,7 +26,7 @@
 //! * No character lowercases to a string holding ASCII punctuation: ASCII characters other than
 //!   `A`..=`Z` map to themselves, and the only non-ASCII characters whose lowercase holds ASCII
 //!   are `İ` (U+0130, to `i` + U+0307) and the Kelvin sign (U+212A, to `k`): letters, not
-//!   punctuation (`tests/split_props.rs` checks this over every `char`). `core` starts and ends
+//!   punctuation (`tests/it/split_props.rs` checks this over every `char`). `core` starts and ends
 //!   with a non-[`PUNCT`] character, so `lower(core)` starts and ends with a non-[`PUNCT`]
 //!   character too, and stripping `lower(p)` removes exactly `prefix` and `suffix`.
 //! * The final-sigma rule (Rust's `map_uppercase_sigma`, Unicode's `Final_Sigma`) turns `Σ` into

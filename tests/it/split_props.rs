@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use bettong::split::{for_each_word, for_each_word_reusing, words, PUNCT};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 const SEPARATORS: [char; 6] = [' ', '\t', '\n', '\x0b', '\x0c', '\r'];
 
@@ -75,6 +76,15 @@ fn sigma_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    // Saved failures live beside this file (split_props.proptest-regressions). Proptest's
+    // default would put them under tests/proptest-regressions/ now that tests/it/ has a main.rs.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn words_match_the_spec_reference(text in interesting_text()) {
         let got: Vec<String> = words(&text).map(Cow::into_owned).collect();

@@ -7,8 +7,6 @@
 //!
 //! Every server runs on 2 cores and is killed when its test ends, pass or fail.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -18,9 +16,10 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{frame_lines, push_frame, split_frames, BILL_OF_RIGHTS};
 use bettong::receive::Receiver;
 
-use common::{
-    chunk_cuts, frame_all, free_addr, header_splits, random_message, reference_counts, run_to_exit,
-    send_in_chunks, start_receiver, total_lines, Rng, Server, WAIT,
+use crate::support::{
+    chunk_cuts, final_metrics, frame_all, free_addr, header_splits, random_message,
+    reference_counts, run_to_exit, send_in_chunks, start_receiver, total_lines, Rng, Server, CORES,
+    WAIT,
 };
 
 /// Word counts written out literally, for the small bad-input cases.
@@ -253,7 +252,7 @@ fn connection_ending_inside_a_frame_drops_only_the_partial_frame() {
         let peer = conn.local_addr().expect("client address").to_string();
         let _ = server.wait_for_stderr(&peer, Duration::from_secs(2));
     }
-    thread::sleep(common::SETTLE);
+    thread::sleep(crate::support::SETTLE);
     server.finish_and_check(receiver, &expected, "connections that end inside a frame");
 }
 
@@ -415,4 +414,46 @@ fn bad_command_line_says_what_is_wrong() {
         &["--max-frame", "0"],
     );
     refused(&["serve", "--in", "127.0.0.1:0"], &["--out"]);
+}
+
+// Machine-readable output: the two JSON lines `serve` prints on stdout.
+
+#[test]
+fn serve_prints_a_ready_line_and_a_stopped_line_on_stdout() {
+    let receiver = start_receiver();
+    let mut server = Server::serve("127.0.0.1:0", receiver.local_addr(), &[]);
+    let ready = format!(
+        r#"{{"event":"ready","in":"{}","cores":{CORES}}}"#,
+        server.addr()
+    );
+    assert_eq!(server.stdout(), ready, "stdout holds the ready line alone");
+    let mut c = server.connect();
+    c.write_all(&frame_lines("one two two"))
+        .expect("send a frame");
+    server.await_lines(&receiver, 3, "the frame's outputs");
+    server.signal("TERM");
+    let status = server.wait_exit(WAIT);
+    assert!(status.success(), "stderr:\n{}", server.stderr());
+
+    let stdout = server.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "a ready line and a stopped line:\n{stdout}");
+    assert_eq!(lines[0], ready);
+    let stopped: serde_json::Value =
+        serde_json::from_str(lines[1]).expect("the stopped line is JSON");
+    assert!(lines[1].starts_with(r#"{"event":"stopped","metrics":{"#));
+    let per_core = stopped["per_core"]
+        .as_array()
+        .expect("per_core is an array");
+    assert_eq!(per_core.len().to_string(), CORES);
+    let total = final_metrics(&server).expect("the stopped line has metrics");
+    for (name, value) in &total {
+        let sum: u64 = per_core.iter().map(|c| c[name].as_u64().unwrap()).sum();
+        assert_eq!(sum, *value, "{name}: the total is the sum over the cores");
+    }
+    assert_eq!(total["frames_in"], 1);
+    assert_eq!(total["records_in"], 3);
+    assert_eq!(total["outputs"], 3);
+    drop(c);
+    receiver.finish().expect("the receiver's verdict");
 }

@@ -7,8 +7,6 @@
 //! and more connections than the per-core limit. The misbehaving clients' own words are unique
 //! to them, so any of their partial frames counted by mistake would show in the totals.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -17,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bettong::corpus::{push_frame, split_frames};
 
-use common::{
+use crate::support::{
     final_metrics, frame_all, random_message, reference_counts, rss_mib, send_in_chunks,
     start_receiver, total_lines, Rng, Server, WAIT,
 };

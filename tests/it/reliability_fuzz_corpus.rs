@@ -5,7 +5,7 @@
 //! `cargo +nightly fuzz run frame_decoder` from `fuzz/`); the properties they check are in
 //! `fuzz/checks.rs`, included here as is. Every file of `fuzz/corpus/<target>/` is one input.
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

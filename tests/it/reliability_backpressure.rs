@@ -7,14 +7,12 @@
 //! input; then the receiver speeds up and every word's outputs must still arrive 1..N in order on
 //! one connection, with exactly the reference counts.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::support::{
     frame_all, peak_rss_mib, reference_counts, rss_mib, total_lines, Flood, Pace, Rng, Server,
     TestSink, WAIT,
 };
@@ -98,7 +96,7 @@ fn slow_receiver_bounds_server_memory_and_loses_nothing() {
         sink.lines(),
         server.stderr()
     );
-    thread::sleep(common::SETTLE);
+    thread::sleep(crate::support::SETTLE);
     let peak = peak_rss_mib(pid);
     let drained = started.elapsed();
     let got = sink.finish().unwrap_or_else(|v| {
@@ -107,7 +105,7 @@ fn slow_receiver_bounds_server_memory_and_loses_nothing() {
             server.stderr()
         )
     });
-    let diff = common::diff_counts(&expected, &got);
+    let diff = crate::support::diff_counts(&expected, &got);
     assert!(diff.is_empty(), "final counts differ: {diff}");
     eprintln!(
         "{CLIENTS} clients, {} MiB in, {lines} lines out: RSS {at_rest:.1} MiB at rest, \

@@ -10,8 +10,6 @@
 //! after the last checkpoint may be emitted again, never lost) and none above it. The state
 //! itself is read back from the final checkpoint and compared with the reference, key by key.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{frame_lines, split_frames, BILL_OF_RIGHTS};
 use bettong_engine::checkpoint::{self, SourceMark};
 
-use common::{diff_counts, reference_counts, Rng, Server, WAIT};
+use crate::support::{diff_counts, final_metrics, reference_counts, Rng, Server, WAIT};
 
 /// The lines of one sink connection, in order.
 type Lines = Arc<Mutex<Vec<String>>>;
@@ -274,7 +272,7 @@ fn kill_9_at_random_points_then_restart_gives_exact_counts() {
             _ => rng.range(30, 600),
         };
         thread::sleep(Duration::from_millis(delay as u64));
-        let still_running = !server.stderr_contains("stopped:");
+        let still_running = final_metrics(&server).is_none();
         server.signal("KILL");
         let mut server = server;
         let status = server.wait_exit(WAIT);

@@ -5,8 +5,6 @@
 //! into the connection that broke may be lost: that, and only that, must be counted in the
 //! metrics and named in the log, to the byte.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bettong::corpus::{frame_lines, split_frames, BILL_OF_RIGHTS};
 
-use common::{
+use crate::support::{
     final_metrics, frame_all, free_addr, number_after, reference_counts, Flood, Pace, Rng, Server,
     SinkConn, TestSink, WAIT,
 };
@@ -193,7 +191,7 @@ fn check_across_breaks(
         }
     }
     let got: HashMap<String, u64> = last.iter().map(|(w, &(_, _, n))| (w.clone(), n)).collect();
-    let diff = common::diff_counts(expected, &got);
+    let diff = crate::support::diff_counts(expected, &got);
     assert!(diff.is_empty(), "last counts differ: {diff}");
     assert_eq!(
         missing_bytes, unread_bytes,

@@ -1,0 +1,19 @@
+//! The one integration test binary: every integration test of the `bettong` crate is a module
+//! here, so they compile and link once and share [`support`] without `dead_code` allowances.
+//!
+//! Run one group with `cargo test --test it server_e2e::` (any module path prefix filters).
+
+mod support;
+
+mod engine_api;
+mod recovery_e2e;
+mod recovery_engine;
+mod reliability_backpressure;
+mod reliability_clients;
+mod reliability_fuzz_corpus;
+mod reliability_shutdown;
+mod reliability_sink;
+mod send_receive_tools;
+mod server_e2e;
+mod split_props;
+mod split_rules;
