@@ -23,6 +23,7 @@ use bettong::app::encode_line;
 use bettong::split::words;
 use bettong::synth::zipf_corpus;
 use bettong_engine::codec::{FrameDecoder, DEFAULT_MAX_FRAME};
+use bettong_engine::key::SmallStr;
 use bettong_engine::routing::{Batch, Router};
 use bettong_engine::state::Shard;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -68,13 +69,13 @@ impl Fixture {
             .flat_map(|p| words(p).map(Cow::into_owned))
             .collect();
         let router = Router::new(ROUTE_CORES, HASH_SEED);
-        let hashes: Vec<u64> = words.iter().map(|w| router.hash(w)).collect();
-        let mut shard: Shard<u64> = Shard::new();
+        let hashes: Vec<u64> = words.iter().map(|w| router.hash(w.as_str())).collect();
+        let mut shard: Shard<str, u64> = Shard::new();
         let counts = words
             .iter()
             .zip(&hashes)
             .map(|(w, &h)| {
-                let c = shard.get_or_default(h, w);
+                let c = shard.get_or_insert_with(h, w.as_str(), |_| 0);
                 *c += 1;
                 *c
             })
@@ -164,13 +165,13 @@ fn stages(c: &mut Criterion) {
     // with the hash carried from the decoding core.
     let mut g = group(c, "state_update", &fx);
     g.bench_function(&id, |b| {
-        let mut shard: Shard<u64> = Shard::new();
+        let mut shard: Shard<str, u64> = Shard::new();
         for (w, &h) in fx.words.iter().zip(&fx.hashes) {
-            *shard.get_or_default(h, w) += 1;
+            *shard.get_or_insert_with(h, w.as_str(), |_| 0) += 1;
         }
         b.iter(|| {
             for (w, &h) in fx.words.iter().zip(&fx.hashes) {
-                *shard.get_or_default(black_box(h), w) += 1;
+                *shard.get_or_insert_with(black_box(h), w.as_str(), |_| 0) += 1;
             }
             shard.len()
         })
@@ -198,15 +199,14 @@ fn stages(c: &mut Criterion) {
     // then read it back as the owner core does.
     let mut g = group(c, "batch", &fx);
     g.bench_function(&id, |b| {
-        let key_bytes: usize = fx.words.iter().map(String::len).sum();
         b.iter(|| {
-            let mut batch: Batch<()> = Batch::with_capacity(fx.words.len(), key_bytes);
+            let mut batch: Batch<SmallStr, ()> = Batch::with_capacity(fx.words.len());
             for (w, &h) in fx.words.iter().zip(&fx.hashes) {
-                batch.push(h, black_box(w), ());
+                batch.push(h, SmallStr::new(black_box(w)), ());
             }
             let mut sum = 0u64;
             for (h, k, ()) in batch.iter() {
-                sum = sum.wrapping_add(h ^ k.len() as u64);
+                sum = sum.wrapping_add(h ^ k.as_bytes().len() as u64);
             }
             black_box(sum)
         })

@@ -598,12 +598,13 @@ impl<Fr, W, K, V, S, I, U> Stateful<Fr, W, StateSpec<K, V, S, I, U>, Identity>
 where
     Fr: Fronts,
     K: ?Sized + Key + 'static,
+    U: UpdateFn<K, S, V>,
 {
     /// The encoder: appends the bytes for one output of the last state step to the sink's
     /// buffer, on the key's owner core. This completes the pipeline.
-    pub fn encode<E, O>(self, encode: E) -> Dataflow<Fr, W, StateSpec<K, V, S, I, U>, E>
+    pub fn encode<E>(self, encode: E) -> Dataflow<Fr, W, StateSpec<K, V, S, I, U>, E>
     where
-        E: FnMut(&K, &O, &mut Vec<u8>) + Clone + Send + 'static,
+        E: FnMut(&K, &OutOf<U, K, S, V>, &mut Vec<u8>) + Clone + Send + 'static,
     {
         Dataflow {
             fronts: self.fronts,
