@@ -1,4 +1,4 @@
-//! The command line: `bettong [serve|send|receive|demo]`, parsed with clap.
+//! The command line: `bettong [serve|send|receive|demo|bench|market-gen]`, parsed with clap.
 //!
 //! Each subcommand maps onto one module's options struct, so the binary stays a thin layer.
 
@@ -33,6 +33,43 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput and latency, over loopback or in-process (the default command).
     Bench(BenchArgs),
+    /// Write deterministic Market Spread input: a framed orders file and a framed quotes file.
+    MarketGen(MarketGenArgs),
+}
+
+/// `bettong market-gen`.
+#[derive(Debug, Args)]
+pub struct MarketGenArgs {
+    /// The orders file to write (framed 53-byte orders).
+    #[arg(long, value_name = "FILE")]
+    pub orders: PathBuf,
+    /// The quotes file to write (framed 42-byte NBBO quotes; each symbol is quoted once first).
+    #[arg(long, value_name = "FILE")]
+    pub nbbo: PathBuf,
+    /// Distinct stock symbols.
+    #[arg(long, default_value_t = crate::market_spread::gen::GenOptions::default().symbols)]
+    pub symbols: usize,
+    /// Orders to write.
+    #[arg(long, value_name = "N", default_value_t = crate::market_spread::gen::GenOptions::default().orders)]
+    pub orders_count: u64,
+    /// Quotes to write (at least --symbols).
+    #[arg(long, value_name = "N", default_value_t = crate::market_spread::gen::GenOptions::default().quotes)]
+    pub quotes_count: u64,
+    /// Seed: the same arguments write the same bytes.
+    #[arg(long, value_name = "S", default_value_t = crate::market_spread::gen::GenOptions::default().seed)]
+    pub seed: u64,
+}
+
+impl MarketGenArgs {
+    /// The generator's options.
+    pub fn to_options(&self) -> crate::market_spread::gen::GenOptions {
+        crate::market_spread::gen::GenOptions {
+            symbols: self.symbols,
+            orders: self.orders_count,
+            quotes: self.quotes_count,
+            seed: self.seed,
+        }
+    }
 }
 
 /// `bettong bench`.

@@ -60,6 +60,24 @@ fn main() -> ExitCode {
                 print!("{}", r.table());
             }
         }),
+        Command::MarketGen(a) => {
+            bettong::market_spread::gen::write_files(&a.to_options(), &a.orders, &a.nbbo).map(|s| {
+                eprintln!(
+                    "market-gen: wrote {} orders ({} bytes) to {} and {} quotes ({} bytes) to {} \
+                     over {} symbols; {} symbols reject after their last quote, so {} orders get \
+                     a result when every quote is sent first",
+                    s.orders,
+                    s.order_bytes,
+                    a.orders.display(),
+                    s.quotes,
+                    s.nbbo_bytes,
+                    a.nbbo.display(),
+                    s.symbols,
+                    s.rejecting_symbols,
+                    s.results
+                )
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

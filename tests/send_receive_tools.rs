@@ -201,3 +201,32 @@ fn messages_cycle_the_input_exactly_and_repeat_caps_them() {
     assert_eq!(got.len(), 7);
     assert!(got.values().all(|&c| c == 1));
 }
+
+#[test]
+fn market_spread_files_are_sent_byte_for_byte() {
+    use bettong::market_spread::gen::{write_files, GenOptions};
+    let dir = std::env::temp_dir().join(format!("bettong-ms-send-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (orders, nbbo) = (dir.join("orders.bin"), dir.join("nbbo.bin"));
+    let opts = GenOptions {
+        symbols: 350,
+        orders: 3_000,
+        quotes: 700,
+        seed: 5,
+    };
+    write_files(&opts, &orders, &nbbo).unwrap();
+    for (path, count) in [(&nbbo, 700), (&orders, 3_000)] {
+        let (addr, handle) = sink(1);
+        let source = SendSource::FramedFile(path.clone());
+        let report = run_send(&SendOptions::new(vec![addr.to_string()], source)).unwrap();
+        assert_eq!(report.messages, count);
+        let received = handle.join().unwrap();
+        assert_eq!(
+            received[0],
+            std::fs::read(path).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

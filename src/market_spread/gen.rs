@@ -157,14 +157,8 @@ impl Chunked<'_> {
     }
 }
 
-/// Writes `opts.quotes` framed quotes to `nbbo`, then `opts.orders` framed orders to `orders`,
-/// deterministically from `opts.seed`. The first `opts.symbols` quotes quote each symbol once, in
-/// order. Fails if the options are out of range or a write fails.
-pub fn write_market(
-    opts: &GenOptions,
-    orders: &mut dyn Write,
-    nbbo: &mut dyn Write,
-) -> Result<GenSummary> {
+/// Fails unless every symbol fits and can be quoted once.
+fn check_options(opts: &GenOptions) -> Result<()> {
     if opts.symbols == 0 || opts.symbols > MAX_SYMBOLS {
         bail!(
             "market-gen: --symbols {} is out of range: it must be between 1 and {MAX_SYMBOLS}",
@@ -179,6 +173,18 @@ pub fn write_market(
             opts.symbols
         );
     }
+    Ok(())
+}
+
+/// Writes `opts.quotes` framed quotes to `nbbo`, then `opts.orders` framed orders to `orders`,
+/// deterministically from `opts.seed`. The first `opts.symbols` quotes quote each symbol once, in
+/// order. Fails if the options are out of range or a write fails.
+pub fn write_market(
+    opts: &GenOptions,
+    orders: &mut dyn Write,
+    nbbo: &mut dyn Write,
+) -> Result<GenSummary> {
+    check_options(opts)?;
     let mut rng = Rng::new(opts.seed);
     let mut market: Vec<Symbol> = symbols(opts.symbols, &mut rng)
         .into_iter()
@@ -275,6 +281,7 @@ pub fn generate(opts: &GenOptions) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// [`write_market`] into the files `orders_path` and `nbbo_path` (created or truncated).
 pub fn write_files(opts: &GenOptions, orders_path: &Path, nbbo_path: &Path) -> Result<GenSummary> {
+    check_options(opts)?;
     let create = |p: &Path| {
         File::create(p)
             .map(BufWriter::new)
