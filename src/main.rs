@@ -42,16 +42,19 @@ fn main() -> ExitCode {
                     r.messages_per_sec()
                 )
             }),
-        Command::Receive(a) => {
-            let opts = a.to_options();
+        Command::Receive(a) => a.to_options().and_then(|opts| {
             bettong::receive::run_receive(&opts, &mut std::io::stdout().lock()).and_then(|r| {
                 eprintln!(
-                    "received {} lines, {} bytes over {} connections in {:.2?}",
-                    r.lines, r.bytes, r.connections, r.elapsed
+                    "received {} {}, {} bytes over {} connections in {:.2?}",
+                    r.lines,
+                    if r.market_spread { "results" } else { "lines" },
+                    r.bytes,
+                    r.connections,
+                    r.elapsed
                 );
                 r.check()
             })
-        }
+        }),
         Command::Demo(a) => bettong::demo::run_demo(&a),
         Command::Bench(a) => bettong::bench::run_bench(&a.to_options()).map(|r| {
             if a.json {
