@@ -1,4 +1,4 @@
-//! The command line: `bettong [serve|send|receive|demo]`, parsed with clap.
+//! The command line: `bettong [serve|send|receive|demo|bench|market-gen]`, parsed with clap.
 //!
 //! Each subcommand maps onto one module's options struct, so the binary stays a thin layer.
 
@@ -33,6 +33,43 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput and latency, over loopback or in-process (the default command).
     Bench(BenchArgs),
+    /// Write deterministic Market Spread input: a framed orders file and a framed quotes file.
+    MarketGen(MarketGenArgs),
+}
+
+/// `bettong market-gen`.
+#[derive(Debug, Args)]
+pub struct MarketGenArgs {
+    /// The orders file to write (framed 53-byte orders).
+    #[arg(long, value_name = "FILE")]
+    pub orders: PathBuf,
+    /// The quotes file to write (framed 42-byte NBBO quotes; each symbol is quoted once first).
+    #[arg(long, value_name = "FILE")]
+    pub nbbo: PathBuf,
+    /// Distinct stock symbols.
+    #[arg(long, default_value_t = crate::market_spread::gen::GenOptions::default().symbols)]
+    pub symbols: usize,
+    /// Orders to write.
+    #[arg(long, value_name = "N", default_value_t = crate::market_spread::gen::GenOptions::default().orders)]
+    pub orders_count: u64,
+    /// Quotes to write (at least --symbols).
+    #[arg(long, value_name = "N", default_value_t = crate::market_spread::gen::GenOptions::default().quotes)]
+    pub quotes_count: u64,
+    /// Seed: the same arguments write the same bytes.
+    #[arg(long, value_name = "S", default_value_t = crate::market_spread::gen::GenOptions::default().seed)]
+    pub seed: u64,
+}
+
+impl MarketGenArgs {
+    /// The generator's options.
+    pub fn to_options(&self) -> crate::market_spread::gen::GenOptions {
+        crate::market_spread::gen::GenOptions {
+            symbols: self.symbols,
+            orders: self.orders_count,
+            quotes: self.quotes_count,
+            seed: self.seed,
+        }
+    }
 }
 
 /// `bettong bench`.
@@ -218,6 +255,22 @@ pub struct ReceiveArgs {
     /// Exit after this many seconds without data (once a connection was seen).
     #[arg(long)]
     pub idle_exit: Option<f64>,
+    /// Receive Market Spread output (framed 55-byte order results) instead of lines: count the
+    /// results (--expect-lines then counts results), check their framing and that each symbol
+    /// stays on one connection; nothing is written.
+    #[arg(long)]
+    pub market_spread: bool,
+    /// With --market-spread: the orders file sent (once), to check that exactly the orders the
+    /// sequential reference expects, with every quote of --nbbo sent first, get a result.
+    #[arg(long, value_name = "FILE", requires_all = ["market_spread", "nbbo"])]
+    pub orders: Option<PathBuf>,
+    /// With --orders: the quotes file sent before the orders.
+    #[arg(long, value_name = "FILE", requires = "orders")]
+    pub nbbo: Option<PathBuf>,
+    /// With --orders: each symbol's results must come in the orders file's order (the orders
+    /// were sent on one connection); otherwise any order is accepted.
+    #[arg(long, requires = "orders")]
+    pub in_order: bool,
 }
 
 /// `bettong demo` (also what `bettong` with no arguments runs).
@@ -266,14 +319,45 @@ impl SendArgs {
 }
 
 impl ReceiveArgs {
-    /// The receiver's options.
-    pub fn to_options(&self) -> crate::receive::ReceiveOptions {
+    /// The receiver's options; fails if the Market Spread orders or quotes file cannot be read
+    /// or is not a sequence of frames.
+    pub fn to_options(&self) -> anyhow::Result<crate::receive::ReceiveOptions> {
+        use anyhow::Context;
         let mut o = crate::receive::ReceiveOptions::new(self.listen.clone());
         o.no_write = self.no_write;
         o.validate = self.validate;
         o.expect_lines = self.expect_lines;
         o.idle_exit = self.idle_exit.map(Duration::from_secs_f64);
-        o
+        if self.market_spread {
+            let expected = match (&self.orders, &self.nbbo) {
+                (Some(orders), Some(nbbo)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read(p).with_context(|| {
+                            format!(
+                                "receive: cannot read the Market Spread file {}",
+                                p.display()
+                            )
+                        })
+                    };
+                    let (orders_bytes, nbbo_bytes) = (read(orders)?, read(nbbo)?);
+                    let frames = |bytes, p: &PathBuf| {
+                        crate::corpus::split_frames(bytes).with_context(|| {
+                            format!("receive: {} is not a framed file", p.display())
+                        })
+                    };
+                    Some(crate::market_spread::reference::expected_results(
+                        &frames(&nbbo_bytes, nbbo)?,
+                        &frames(&orders_bytes, orders)?,
+                    ))
+                }
+                _ => None,
+            };
+            o.market_spread = Some(crate::receive::MarketSpreadCheck {
+                expected,
+                in_order: self.in_order,
+            });
+        }
+        Ok(o)
     }
 }
 

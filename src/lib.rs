@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod demo;
+pub mod market_spread;
 pub mod receive;
 pub mod send;
 pub mod serve;

@@ -42,16 +42,19 @@ fn main() -> ExitCode {
                     r.messages_per_sec()
                 )
             }),
-        Command::Receive(a) => {
-            let opts = a.to_options();
+        Command::Receive(a) => a.to_options().and_then(|opts| {
             bettong::receive::run_receive(&opts, &mut std::io::stdout().lock()).and_then(|r| {
                 eprintln!(
-                    "received {} lines, {} bytes over {} connections in {:.2?}",
-                    r.lines, r.bytes, r.connections, r.elapsed
+                    "received {} {}, {} bytes over {} connections in {:.2?}",
+                    r.lines,
+                    if r.market_spread { "results" } else { "lines" },
+                    r.bytes,
+                    r.connections,
+                    r.elapsed
                 );
                 r.check()
             })
-        }
+        }),
         Command::Demo(a) => bettong::demo::run_demo(&a),
         Command::Bench(a) => bettong::bench::run_bench(&a.to_options()).map(|r| {
             if a.json {
@@ -60,6 +63,24 @@ fn main() -> ExitCode {
                 print!("{}", r.table());
             }
         }),
+        Command::MarketGen(a) => {
+            bettong::market_spread::gen::write_files(&a.to_options(), &a.orders, &a.nbbo).map(|s| {
+                eprintln!(
+                    "market-gen: wrote {} orders ({} bytes) to {} and {} quotes ({} bytes) to {} \
+                     over {} symbols; {} symbols reject after their last quote, so {} orders get \
+                     a result when every quote is sent first",
+                    s.orders,
+                    s.order_bytes,
+                    a.orders.display(),
+                    s.quotes,
+                    s.nbbo_bytes,
+                    a.nbbo.display(),
+                    s.symbols,
+                    s.rejecting_symbols,
+                    s.results
+                )
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

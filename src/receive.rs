@@ -5,6 +5,9 @@
 //! output rate, optionally keep the data, and (for tests and benchmarks) check the output contract
 //! while the data streams past. [`Receiver`] does that in background threads so tests and the bench
 //! can drive it; [`run_receive`] is the `bettong receive` command built on top of it.
+//!
+//! The same receiver takes Market Spread's output instead (framed 55-byte order results): then it
+//! counts results where it counts lines, checks them with a [`ResultChecker`], and writes nothing.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::market_spread::check::ResultChecker;
 use crate::validate::OrderValidator;
 
 /// Bytes read from a connection at a time.
@@ -43,6 +47,31 @@ pub struct ReceiveOptions {
     pub idle_exit: Option<Duration>,
     /// Period of the rate report printed to stderr; `Duration::ZERO` turns it off.
     pub report_every: Duration,
+    /// With `Some`, receive Market Spread's framed order results instead of lines: count them
+    /// (as `lines`), check them, write nothing. `validate` is then ignored.
+    pub market_spread: Option<MarketSpreadCheck>,
+}
+
+/// What a receiver of Market Spread results checks besides the framing and one connection per
+/// symbol, which it always checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MarketSpreadCheck {
+    /// The `(symbol, order id)` of exactly the results expected, as from
+    /// [`expected_results`](crate::market_spread::reference::expected_results); `None` for any.
+    pub expected: Option<Vec<([u8; 4], [u8; 6])>>,
+    /// Whether each symbol's results must come in the order of `expected` (the orders were sent
+    /// on one connection) rather than in any order.
+    pub in_order: bool,
+}
+
+impl MarketSpreadCheck {
+    /// The checker for these expectations.
+    pub fn checker(&self) -> ResultChecker {
+        match &self.expected {
+            Some(e) => ResultChecker::expecting(e, self.in_order),
+            None => ResultChecker::new(),
+        }
+    }
 }
 
 impl ReceiveOptions {
@@ -56,6 +85,7 @@ impl ReceiveOptions {
             expect_lines: None,
             idle_exit: None,
             report_every: Duration::from_secs(1),
+            market_spread: None,
         }
     }
 }
@@ -63,7 +93,8 @@ impl ReceiveOptions {
 /// What arrived at a [`Receiver`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReceiveReport {
-    /// Complete lines (newline characters) received, over all connections.
+    /// Complete lines (newline characters) received, over all connections; for Market Spread
+    /// output, complete result frames.
     pub lines: u64,
     /// Bytes received, over all connections.
     pub bytes: u64,
@@ -76,6 +107,8 @@ pub struct ReceiveReport {
     pub violations: Option<String>,
     /// With validation on, the highest count seen per word; `None` if validation was off.
     pub counts: Option<HashMap<String, u64>>,
+    /// Whether this was Market Spread output (order results) rather than word-count lines.
+    pub market_spread: bool,
 }
 
 impl ReceiveReport {
@@ -83,7 +116,12 @@ impl ReceiveReport {
     pub fn check(&self) -> Result<()> {
         match &self.violations {
             Some(v) => Err(anyhow!(
-                "the received output breaks the word-count contract: {v}"
+                "the received output breaks the {} contract: {v}",
+                if self.market_spread {
+                    "Market Spread"
+                } else {
+                    "word-count"
+                }
             )),
             None => Ok(()),
         }
@@ -108,6 +146,8 @@ struct Shared {
     last_activity: AtomicU64,
     stop: AtomicBool,
     validator: Option<Mutex<OrderValidator>>,
+    /// Set for Market Spread output: checks (and counts) the result frames.
+    market: Option<Mutex<ResultChecker>>,
     /// Clones of the accepted streams, to shut them down on stop.
     streams: Mutex<Vec<TcpStream>>,
     readers: Mutex<Vec<JoinHandle<()>>>,
@@ -150,14 +190,23 @@ impl Receiver {
     /// Binds `listen` (`host:port`, port 0 for any free port) and starts accepting in the
     /// background; returns as soon as the socket listens.
     pub fn start(listen: &str, validate: bool) -> Result<Receiver> {
-        Self::spawn(listen, validate, None)
+        Self::spawn(listen, validate, None, None)
     }
 
-    /// [`start`](Self::start), sending every chunk of whole lines received to `forward` if given.
+    /// Like [`start`](Self::start), for Market Spread output: every connection carries framed
+    /// 55-byte order results, which `checker` checks as they arrive; [`lines`](Self::lines)
+    /// counts the complete results.
+    pub fn start_market_spread(listen: &str, checker: ResultChecker) -> Result<Receiver> {
+        Self::spawn(listen, false, None, Some(checker))
+    }
+
+    /// [`start`](Self::start), sending every chunk of whole lines received to `forward` if given,
+    /// or checking Market Spread results with `market`.
     fn spawn(
         listen: &str,
         validate: bool,
         forward: Option<SyncSender<Vec<u8>>>,
+        market: Option<ResultChecker>,
     ) -> Result<Receiver> {
         let listener = TcpListener::bind(listen)
             .with_context(|| format!("receiver: cannot listen on {listen}"))?;
@@ -176,11 +225,12 @@ impl Receiver {
             last_byte: AtomicU64::new(u64::MAX),
             last_activity: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            validator: validate.then(|| Mutex::new(OrderValidator::new())),
+            validator: (validate && market.is_none()).then(|| Mutex::new(OrderValidator::new())),
+            forward: Mutex::new(forward.filter(|_| market.is_none())),
+            market: market.map(Mutex::new),
             streams: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
             acceptor: Mutex::new(None),
-            forward: Mutex::new(forward),
         });
         let acceptor = {
             let shared = shared.clone();
@@ -278,6 +328,7 @@ impl Receiver {
             Duration::from_nanos(last.saturating_sub(first))
         };
         let (violations, counts) = match &sh.validator {
+            None if sh.market.is_some() => (market_verdict(sh), None),
             None => (None, None),
             Some(v) => {
                 let v = lock(v);
@@ -301,8 +352,21 @@ impl Receiver {
             elapsed,
             violations,
             counts,
+            market_spread: sh.market.is_some(),
         })
     }
+}
+
+/// The Market Spread checker's verdict, as a violation message (with the count of further ones).
+fn market_verdict(sh: &Shared) -> Option<String> {
+    let checker = lock(sh.market.as_ref()?);
+    let first = checker.finish().err()?;
+    let mut msg = first.to_string();
+    let more = checker.violations().saturating_sub(1);
+    if more > 0 {
+        msg.push_str(&format!(" (and {more} more violations)"));
+    }
+    Some(msg)
 }
 
 impl Drop for Receiver {
@@ -387,6 +451,18 @@ fn read_loop(
                 .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
         shared.last_byte.store(now, Ordering::Relaxed);
         shared.last_activity.store(now, Ordering::Relaxed);
+        if let Some(m) = &shared.market {
+            let mut m = lock(m);
+            let before = m.violations();
+            if let Err(e) = m.feed(conn, data) {
+                if before == 0 {
+                    tracing::warn!("receiver: Market Spread output contract broken: {e}");
+                }
+            }
+            shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            shared.lines.store(m.results(), Ordering::Release);
+            continue;
+        }
         if let Some(v) = &shared.validator {
             let mut v = lock(v);
             let before = v.violations();
@@ -433,13 +509,16 @@ fn read_loop(
 /// once `expect_lines` lines arrived or after `idle_exit` without data; otherwise runs until the
 /// process ends. Contract violations found with `validate` are in the report, not an error.
 pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<ReceiveReport> {
-    let (tx, rx) = if opts.no_write {
+    let market = opts.market_spread.as_ref().map(MarketSpreadCheck::checker);
+    let (tx, rx) = if opts.no_write || market.is_some() {
         (None, None)
     } else {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(FORWARD_QUEUE);
         (Some(tx), Some(rx))
     };
-    let receiver = Receiver::spawn(&opts.listen, opts.validate, tx)?;
+    let unit = if market.is_some() { "results" } else { "lines" };
+    let checking = opts.validate || market.is_some();
+    let receiver = Receiver::spawn(&opts.listen, opts.validate, tx, market)?;
     let addr = receiver.local_addr();
     tracing::info!("receive: listening on {addr}");
     let write = |out: &mut dyn Write, chunk: &[u8]| {
@@ -467,7 +546,7 @@ pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<Receive
             let (lines, bytes) = (receiver.lines(), receiver.bytes());
             let dt = now - last_at;
             eprintln!(
-                "receive: {:.0} lines/s, {:.0} bytes/s ({lines} lines, {bytes} bytes, {} \
+                "receive: {:.0} {unit}/s, {:.0} bytes/s ({lines} {unit}, {bytes} bytes, {} \
                  connections)",
                 per_sec(lines - last_lines, dt),
                 per_sec(bytes - last_bytes, dt),
@@ -500,13 +579,13 @@ pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<Receive
     }
     let report = receiver.finish()?;
     eprintln!(
-        "receive: {} lines, {} bytes on {} connections in {:.3} s ({:.0} lines/s){}",
+        "receive: {} {unit}, {} bytes on {} connections in {:.3} s ({:.0} {unit}/s){}",
         report.lines,
         report.bytes,
         report.connections,
         report.elapsed.as_secs_f64(),
         report.lines_per_sec(),
-        match (&report.violations, opts.validate) {
+        match (&report.violations, checking) {
             (Some(v), _) => format!(", INVALID: {v}"),
             (None, true) => ", output valid".to_string(),
             (None, false) => String::new(),
@@ -618,6 +697,92 @@ mod tests {
         sender.join().unwrap();
         assert_eq!((report.lines, report.connections), (1, 1));
         assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Framed results for `(symbol, order id)` pairs, as Market Spread writes them.
+    fn market_results(items: &[(&[u8; 4], &[u8; 6])]) -> Vec<u8> {
+        use crate::market_spread::{encode_result, Order, Side, SymbolState};
+        let mut out = Vec::new();
+        for (symbol, id) in items {
+            let order = Order {
+                side: Side::Buy,
+                account: 7,
+                order_id: **id,
+                symbol: **symbol,
+                qty: 100.0,
+                price: 9.5,
+                transact_time: *b"20150818-09:30:00.000",
+            };
+            encode_result(&order, &SymbolState::default(), 1, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn market_spread_results_split_across_reads_are_counted_and_checked() {
+        let check = MarketSpreadCheck {
+            expected: Some(vec![
+                (*b"AA  ", *b"000001"),
+                (*b"BB  ", *b"000002"),
+                (*b"AA  ", *b"000003"),
+            ]),
+            in_order: true,
+        };
+        let listen = free_addr();
+        let opts = ReceiveOptions {
+            expect_lines: Some(3),
+            report_every: Duration::ZERO,
+            market_spread: Some(check),
+            ..ReceiveOptions::new(listen.clone())
+        };
+        let a_bytes = market_results(&[(b"AA  ", b"000001"), (b"AA  ", b"000003")]);
+        let b_bytes = market_results(&[(b"BB  ", b"000002")]);
+        let sender = thread::spawn(move || {
+            let (mut a, mut b) = (connect_retry(&listen), connect_retry(&listen));
+            a.write_all(&a_bytes[..30]).unwrap();
+            a.flush().unwrap();
+            thread::sleep(Duration::from_millis(20));
+            b.write_all(&b_bytes).unwrap();
+            a.write_all(&a_bytes[30..]).unwrap();
+            thread::sleep(Duration::from_millis(200));
+        });
+        let mut out = Vec::new();
+        let report = run_receive(&opts, &mut out).unwrap();
+        sender.join().unwrap();
+        assert!(out.is_empty(), "results are not written");
+        assert_eq!((report.lines, report.bytes), (3, 3 * 59));
+        assert_eq!(report.violations, None);
+        assert!(report.market_spread);
+        report.check().unwrap();
+    }
+
+    #[test]
+    fn market_spread_faults_are_reported() {
+        let r = Receiver::start_market_spread("127.0.0.1:0", ResultChecker::new()).unwrap();
+        let mut a = TcpStream::connect(r.local_addr()).unwrap();
+        let mut b = TcpStream::connect(r.local_addr()).unwrap();
+        a.write_all(&market_results(&[(b"AA  ", b"000001")]))
+            .unwrap();
+        assert!(r.wait_for_lines(1, Duration::from_secs(5)));
+        let moved = market_results(&[(b"AA  ", b"000002")]);
+        b.write_all(&moved[..40]).unwrap();
+        let t = Instant::now();
+        while r.bytes() < 99 && t.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        b.write_all(&moved[40..]).unwrap();
+        assert!(r.wait_for_lines(2, Duration::from_secs(5)));
+        a.write_all(&moved[..10]).unwrap();
+        let t = Instant::now();
+        while r.bytes() < 128 && t.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        drop((a, b));
+        let report = r.finish().unwrap();
+        let v = report.violations.clone().unwrap();
+        assert!(v.starts_with("symbol \"AA  \" changed connection"), "{v}");
+        let err = report.check().unwrap_err().to_string();
+        assert!(err.contains("breaks the Market Spread contract"), "{err}");
     }
 
     #[test]

@@ -201,3 +201,116 @@ fn messages_cycle_the_input_exactly_and_repeat_caps_them() {
     assert_eq!(got.len(), 7);
     assert!(got.values().all(|&c| c == 1));
 }
+
+#[test]
+fn market_spread_files_are_sent_byte_for_byte() {
+    use bettong::market_spread::gen::{write_files, GenOptions};
+    let dir = std::env::temp_dir().join(format!("bettong-ms-send-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (orders, nbbo) = (dir.join("orders.bin"), dir.join("nbbo.bin"));
+    let opts = GenOptions {
+        symbols: 350,
+        orders: 3_000,
+        quotes: 700,
+        seed: 5,
+    };
+    write_files(&opts, &orders, &nbbo).unwrap();
+    for (path, count) in [(&nbbo, 700), (&orders, 3_000)] {
+        let (addr, handle) = sink(1);
+        let source = SendSource::FramedFile(path.clone());
+        let report = run_send(&SendOptions::new(vec![addr.to_string()], source)).unwrap();
+        assert_eq!(report.messages, count);
+        let received = handle.join().unwrap();
+        assert_eq!(
+            received[0],
+            std::fs::read(path).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A toy Market Spread server: reads `inputs` framed connections one after the other (quotes
+/// first, then orders), applies quotes and checks orders per symbol, and writes the results to
+/// `out` over `out_conns` connections, each symbol always on the same one.
+fn fake_market_spread(
+    inputs: usize,
+    out: SocketAddr,
+    out_conns: usize,
+) -> (SocketAddr, JoinHandle<()>) {
+    use bettong::market_spread::{encode_result, Nbbo, Order, SymbolState};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let mut sinks: Vec<_> = (0..out_conns)
+            .map(|_| TcpStream::connect(out).unwrap())
+            .collect();
+        let mut states: HashMap<[u8; 4], SymbolState> = HashMap::new();
+        for _ in 0..inputs {
+            let (stream, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(stream);
+            let mut header = [0u8; 4];
+            while r.read_exact(&mut header).is_ok() {
+                let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
+                r.read_exact(&mut payload).unwrap();
+                if let Ok(q) = Nbbo::parse(&payload) {
+                    states.entry(q.symbol).or_default().apply_quote(&q);
+                } else if let Ok(o) = Order::parse(&payload) {
+                    let state = states.get(&o.symbol).copied().unwrap_or_default();
+                    if state.check_order(&o) {
+                        let mut frame = Vec::new();
+                        encode_result(&o, &state, 1, &mut frame);
+                        // Byte by byte now and then, so the receiver sees split frames.
+                        let sink = &mut sinks[o.symbol[0] as usize % out_conns];
+                        if o.order_id[5] == b'7' {
+                            for b in frame {
+                                sink.write_all(&[b]).unwrap();
+                            }
+                        } else {
+                            sink.write_all(&frame).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn market_spread_results_through_a_fake_server_match_the_reference() {
+    use bettong::market_spread::check::ResultChecker;
+    use bettong::market_spread::gen::{generate, GenOptions};
+    use bettong::market_spread::reference::expected_results;
+    let opts = GenOptions {
+        symbols: 350,
+        orders: 4_000,
+        quotes: 1_000,
+        seed: 11,
+    };
+    let (orders, nbbo) = generate(&opts).unwrap();
+    let expected = expected_results(
+        &split_frames(&nbbo).unwrap(),
+        &split_frames(&orders).unwrap(),
+    );
+    let receiver =
+        Receiver::start_market_spread("127.0.0.1:0", ResultChecker::expecting(&expected, true))
+            .unwrap();
+    let (server, server_thread) = fake_market_spread(2, receiver.local_addr(), 3);
+    for framed in [nbbo, orders] {
+        let sent = run_send(&SendOptions::new(
+            vec![server.to_string()],
+            SendSource::Bytes(framed),
+        ))
+        .unwrap();
+        assert!(sent.messages > 0);
+    }
+    server_thread.join().unwrap();
+    let n = expected.len() as u64;
+    assert!(receiver.wait_for_lines(n, Duration::from_secs(10)));
+    let report = receiver.finish().unwrap();
+    assert_eq!(report.violations, None);
+    assert_eq!((report.lines, report.connections), (n, 3));
+    assert_eq!(report.bytes, 59 * n);
+}
