@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::DEFAULT_MAX_FRAME;
+use crate::codec::{frames, FrameError, DEFAULT_MAX_FRAME};
 
 /// Where the engine reads frames from.
 #[derive(Debug, Clone)]
@@ -131,16 +131,11 @@ impl MemorySource {
     /// boundary, naming the offset of the truncated frame.
     pub fn from_framed(framed: impl Into<Arc<[u8]>>) -> Result<Self, crate::Error> {
         let framed = framed.into();
-        let mut pos = 0;
-        while pos < framed.len() {
-            let Some(h) = framed[pos..].first_chunk::<4>() else {
-                return Err(crate::Error::TruncatedInput { offset: pos });
-            };
-            let next = pos + 4 + u32::from_be_bytes(*h) as usize;
-            if next > framed.len() {
-                return Err(crate::Error::TruncatedInput { offset: pos });
-            }
-            pos = next;
+        if let Some(Err(
+            FrameError::Truncated { offset, .. } | FrameError::TooLarge { offset, .. },
+        )) = frames(&framed).find(Result::is_err)
+        {
+            return Err(crate::Error::TruncatedInput { offset });
         }
         Ok(MemorySource {
             framed,
@@ -183,27 +178,21 @@ impl MemorySource {
 
     /// Number of frames in one pass over the buffer.
     pub fn frames(&self) -> usize {
-        let mut n = 0;
-        let mut pos = 0;
-        while let Some(h) = self.framed.get(pos..).and_then(|b| b.first_chunk::<4>()) {
-            pos += 4 + u32::from_be_bytes(*h) as usize;
-            n += 1;
-        }
-        n
+        frames(&self.framed).take_while(Result::is_ok).count()
     }
 
     /// The part of the buffer core `core` of `cores` feeds: contiguous, cut at frame boundaries.
     pub(crate) fn share(&self, core: usize, cores: usize) -> &[u8] {
+        // The first frame boundary at or after an even share of the bytes.
         let cut = |i: usize| -> usize {
             let target = self.framed.len() * i / cores;
-            let mut pos = 0;
-            while pos < target {
-                let h = self.framed[pos..]
-                    .first_chunk::<4>()
-                    .expect("validated framing");
-                pos += 4 + u32::from_be_bytes(*h) as usize;
+            if target == 0 {
+                return 0;
             }
-            pos
+            frames(&self.framed)
+                .map(|f| f.expect("validated framing").end())
+                .find(|&end| end >= target)
+                .unwrap_or(self.framed.len())
         };
         &self.framed[cut(core)..cut(core + 1)]
     }
