@@ -48,6 +48,7 @@ pub mod metrics;
 mod net;
 mod notify;
 pub mod pipeline;
+mod read_step;
 pub mod routing;
 pub mod runtime;
 pub mod shutdown;
