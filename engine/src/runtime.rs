@@ -23,13 +23,11 @@ use crate::checkpoint::{
 use crate::file_source::{self, run_file_source, FilePlan};
 use crate::memory::run_memory_source;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::net::{bind, run_tcp_source};
 use crate::pipeline::App;
 use crate::routing::{Envelope, Router};
 use crate::shutdown::{Shutdown, StopHandle};
 use crate::sink::{run_memory_sink, run_tcp_sink, SinkConfig, SinkPort};
-use crate::source::{IoBackend, SourceConfig};
-use crate::uring;
+use crate::source::SourceConfig;
 use crate::worker::{drain_peer, run_initiator, Worker};
 use crate::Error;
 
@@ -583,31 +581,15 @@ async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
     });
 
     match s.source {
-        SourceConfig::Tcp(cfg) => {
-            // io_uring sockets unless glommio's were chosen or io_uring is unavailable here.
-            let uring = match cfg.io {
-                IoBackend::Uring => uring::listen(&cfg, index),
-                IoBackend::Glommio => Ok(None),
-            };
-            match uring {
-                Ok(Some(listener)) => {
-                    let _ = s.ready.send(Ok(()));
-                    uring::run_tcp_source(worker.clone(), listener, cfg).await;
-                }
-                Ok(None) => match bind(&cfg, index) {
-                    Ok(listener) => {
-                        let _ = s.ready.send(Ok(()));
-                        run_tcp_source(worker.clone(), listener, cfg).await;
-                    }
-                    Err(e) => {
-                        let _ = s.ready.send(Err(e));
-                    }
-                },
-                Err(e) => {
-                    let _ = s.ready.send(Err(e));
-                }
+        SourceConfig::Tcp(cfg) => match crate::tcp::listen(&cfg, index) {
+            Ok(listener) => {
+                let _ = s.ready.send(Ok(()));
+                crate::tcp::run(worker.clone(), listener, cfg).await;
             }
-        }
+            Err(e) => {
+                let _ = s.ready.send(Err(e));
+            }
+        },
         SourceConfig::Memory(src) => {
             let _ = s.ready.send(Ok(()));
             run_memory_source(worker.clone(), src, s.cores).await;

@@ -110,7 +110,8 @@ impl Ring {
         // them (DEFER_TASKRUN) rather than by interrupting it as they happen: a whole batch of
         // receives is then copied in one enter. This needs Linux 6.1, which also has everything
         // else this source uses (provided-buffer rings, multishot accept and receive, sync
-        // cancel), so a kernel that refuses it gets the glommio path instead.
+        // cancel), so a kernel that refuses it gets the glommio backend instead
+        // ([`crate::tcp::listen`] says so).
         let uring = IoUring::builder()
             .setup_cqsize(cq)
             .setup_single_issuer()
