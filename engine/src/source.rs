@@ -45,8 +45,9 @@ pub struct TcpSourceConfig {
 
 /// How the TCP source does its socket I/O. Both decode the same frames under the same rules.
 ///
-/// [`TcpSourceConfig::new`] takes it from the `BETTONG_IO` environment variable (`uring` or
-/// `glommio`), else [`IoBackend::DEFAULT`].
+/// [`TcpSourceConfig::new`] sets [`IoBackend::DEFAULT`]. The library reads no environment
+/// variable: the `bettong` binary takes the backend from `BETTONG_IO` (`uring` or `glommio`) and
+/// parses it with [`str::parse`].
 ///
 /// ```
 /// use bettong_engine::IoBackend;
@@ -65,21 +66,9 @@ pub enum IoBackend {
 }
 
 impl IoBackend {
-    /// The backend used unless `BETTONG_IO` says otherwise. Measured over loopback on two cores
-    /// the two read at the same rate; the io_uring path keeps the full-speed tail latency lower.
+    /// The backend of [`TcpSourceConfig::new`]. Measured over loopback on two cores the two
+    /// read at the same rate; the io_uring path keeps the full-speed tail latency lower.
     pub const DEFAULT: IoBackend = IoBackend::Uring;
-
-    /// `BETTONG_IO` (`uring` or `glommio`, any case), or [`IoBackend::DEFAULT`] when it is unset
-    /// or not one of those (which is logged).
-    pub fn from_env() -> IoBackend {
-        match std::env::var("BETTONG_IO") {
-            Err(_) => IoBackend::DEFAULT,
-            Ok(v) => v.parse().unwrap_or_else(|e| {
-                tracing::warn!("{e}; using {:?}", IoBackend::DEFAULT);
-                IoBackend::DEFAULT
-            }),
-        }
-    }
 }
 
 impl std::str::FromStr for IoBackend {
@@ -89,7 +78,7 @@ impl std::str::FromStr for IoBackend {
             "uring" | "io_uring" | "io-uring" => Ok(IoBackend::Uring),
             "glommio" => Ok(IoBackend::Glommio),
             _ => Err(format!(
-                "BETTONG_IO={s:?} is not an I/O backend (expected \"uring\" or \"glommio\")"
+                "{s:?} is not an I/O backend (expected \"uring\" or \"glommio\")"
             )),
         }
     }
@@ -104,7 +93,7 @@ impl TcpSourceConfig {
             read_buffer: 64 * 1024,
             max_connections_per_core: 10_000,
             idle_timeout: Duration::from_secs(30),
-            io: IoBackend::from_env(),
+            io: IoBackend::DEFAULT,
         }
     }
 }
