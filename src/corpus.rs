@@ -6,6 +6,7 @@
 //! instead of being re-derived (slightly differently) by each user.
 
 use anyhow::{bail, Result};
+use bettong_engine::codec::{frames, FrameError};
 
 /// The Bill of Rights, the text of Wallaroo's word-count conformance case (20 non-empty lines).
 pub const BILL_OF_RIGHTS: &str = include_str!("../data/bill_of_rights.txt");
@@ -37,28 +38,29 @@ pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// Fails if the buffer ends inside a header or a payload, naming the offset of that frame.
 pub fn frame_bounds(framed: &[u8]) -> Result<Vec<usize>> {
     let mut bounds = vec![0];
-    let mut pos = 0usize;
-    while pos < framed.len() {
-        let Some(header) = framed.get(pos..pos + HEADER_LEN) else {
-            bail!(
-                "truncated frame header at byte offset {pos}: only {} of {HEADER_LEN} header bytes \
-                 left in a {}-byte buffer",
-                framed.len() - pos,
+    for frame in frames(framed) {
+        match frame {
+            Ok(frame) => bounds.push(frame.end()),
+            Err(FrameError::Truncated { offset, size: None }) => bail!(
+                "truncated frame header at byte offset {offset}: only {} of {HEADER_LEN} header \
+                 bytes left in a {}-byte buffer",
+                framed.len() - offset,
                 framed.len()
-            );
-        };
-        let len = u32::from_be_bytes(header.try_into().expect("4-byte slice")) as usize;
-        let end = pos + HEADER_LEN + len;
-        if end > framed.len() {
-            bail!(
-                "truncated frame at byte offset {pos}: header says {len} payload bytes but only {} \
-                 are left in a {}-byte buffer",
-                framed.len() - pos - HEADER_LEN,
+            ),
+            Err(FrameError::Truncated {
+                offset,
+                size: Some(size),
+            }) => bail!(
+                "truncated frame at byte offset {offset}: header says {} payload bytes but only \
+                 {} are left in a {}-byte buffer",
+                size - HEADER_LEN,
+                framed.len() - offset - HEADER_LEN,
                 framed.len()
-            );
+            ),
+            Err(FrameError::TooLarge { offset, error }) => {
+                bail!("frame at byte offset {offset}: {error}")
+            }
         }
-        pos = end;
-        bounds.push(pos);
     }
     Ok(bounds)
 }

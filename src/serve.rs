@@ -17,10 +17,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bettong_engine::{
-    Checkpoints, Engine, FileSourceConfig, MetricsSnapshot, Report, Running, SinkConfig,
-    SourceConfig, TcpSinkConfig, TcpSourceConfig,
+    Checkpoints, Engine, FileSourceConfig, IoBackend, MetricsSnapshot, Report, Running,
+    SinkConfig, SourceConfig, TcpSinkConfig, TcpSourceConfig,
 };
 
 /// What `bettong serve` needs.
@@ -100,6 +100,22 @@ pub fn resolve(addr: &str, flag: &str) -> Result<SocketAddr> {
     }
 }
 
+/// The socket backend the `BETTONG_IO` environment variable names (`uring` or `glommio`, any
+/// case), or the engine's default ([`IoBackend::DEFAULT`]) when it is unset. Any other value is
+/// an error: a typo must not silently measure the other backend.
+///
+/// The engine itself reads no environment variable; the server (and so the bench) reads this one
+/// here, in [`start_server`].
+pub fn io_backend_from_env() -> Result<IoBackend> {
+    match std::env::var("BETTONG_IO") {
+        Err(std::env::VarError::NotPresent) => Ok(IoBackend::DEFAULT),
+        Err(e) => bail!("BETTONG_IO is set but unusable: {e}"),
+        Ok(v) => v
+            .parse()
+            .map_err(|e| anyhow!("BETTONG_IO={v:?}: {e}; unset it for the default")),
+    }
+}
+
 /// Starts the word-count server and returns it running (tests and the bench use this).
 pub fn start_server(opts: &ServeOptions) -> Result<Running> {
     let output = resolve(&opts.output, "--out")?;
@@ -133,6 +149,7 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
             source.max_frame = opts.max_frame;
             source.max_connections_per_core = limits.max_connections_per_core;
             source.idle_timeout = limits.idle_timeout;
+            source.io = io_backend_from_env()?;
             (name, SourceConfig::Tcp(source))
         }
     };

@@ -4,6 +4,9 @@
 //! walks the complete frames inside it and hands out slices that point straight into that buffer.
 //! Only a trailing partial frame is moved, to the front of the buffer, so that the next read can
 //! complete it. Whatever the split of the byte stream into reads, the frames are the same.
+//!
+//! Every walk over framed bytes (a read buffer, a provided buffer, a memory or file source, a
+//! file's range) goes through one iterator, [`frames`] / [`FrameDecoder::frames`].
 
 use std::fmt;
 
@@ -90,8 +93,127 @@ impl FrameDecoder {
     /// The total size (header included) of the frame starting at `buf`, when its header is
     /// complete. Used to grow a read buffer for a frame larger than it.
     pub fn frame_size(&self, buf: &[u8]) -> Option<usize> {
-        buf.first_chunk::<HEADER_LEN>()
-            .map(|h| HEADER_LEN + u32::from_be_bytes(*h) as usize)
+        frame_size(buf)
+    }
+
+    /// The frames of `buf`, in order, under this decoder's maximum: see [`Frames`].
+    pub fn frames<'a>(&self, buf: &'a [u8]) -> Frames<'a> {
+        Frames {
+            buf,
+            pos: 0,
+            decoder: *self,
+            done: false,
+        }
+    }
+}
+
+/// The total size (header included) of the frame starting at `buf`, when its header is complete.
+/// This and [`FrameDecoder::decode`] are the only places that read a frame header.
+#[inline]
+pub fn frame_size(buf: &[u8]) -> Option<usize> {
+    buf.first_chunk::<HEADER_LEN>()
+        .map(|h| HEADER_LEN + u32::from_be_bytes(*h) as usize)
+}
+
+/// The frames of a framed buffer, of any size a `u32` length allows: see [`Frames`].
+///
+/// ```
+/// use bettong_engine::codec::{encode_frame, frames, FrameError};
+/// let mut wire = Vec::new();
+/// encode_frame(b"a b", &mut wire);
+/// encode_frame(b"c", &mut wire);
+/// wire.extend_from_slice(&[0, 0, 0, 9, b'x']);
+/// let mut it = frames(&wire);
+/// assert_eq!(it.next().unwrap().unwrap().payload, b"a b");
+/// assert_eq!(it.next().unwrap().unwrap().end(), 12);
+/// assert_eq!(it.next(), Some(Err(FrameError::Truncated { offset: 12, size: Some(13) })));
+/// assert_eq!(it.next(), None);
+/// ```
+pub fn frames(buf: &[u8]) -> Frames<'_> {
+    FrameDecoder::new(u32::MAX as usize).frames(buf)
+}
+
+/// One whole frame found by [`Frames`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The payload, a slice of the walked buffer.
+    pub payload: &'a [u8],
+    /// Where the frame (its header) starts in the walked buffer.
+    pub offset: usize,
+}
+
+impl Frame<'_> {
+    /// Where the frame ends in the walked buffer: the offset of the next one.
+    pub fn end(&self) -> usize {
+        self.offset + HEADER_LEN + self.payload.len()
+    }
+}
+
+/// Why [`Frames`] stopped before the end of its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The buffer ends inside the frame starting at `offset`; `size` is that frame's whole size
+    /// (header included) once its header is complete.
+    Truncated {
+        /// Where the partial frame starts.
+        offset: usize,
+        /// Its whole size, when its header is complete.
+        size: Option<usize>,
+    },
+    /// The header at `offset` announces a payload above the decoder's maximum.
+    TooLarge {
+        /// Where that header starts.
+        offset: usize,
+        /// What it announced, and the maximum.
+        error: FrameTooLarge,
+    },
+}
+
+/// Walks a buffer's frames in order, without copying: every whole frame as `Ok`, then, if the
+/// buffer does not end on a frame boundary, one `Err` saying why, and nothing after that.
+/// [`Frames::offset`] is always where the next frame would start.
+#[derive(Debug, Clone)]
+pub struct Frames<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    decoder: FrameDecoder,
+    done: bool,
+}
+
+impl Frames<'_> {
+    /// Where the next frame starts: the end of the whole frames walked so far.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, FrameError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.pos == self.buf.len() {
+            return None;
+        }
+        let rest = &self.buf[self.pos..];
+        let offset = self.pos;
+        match self.decoder.decode(rest) {
+            Ok(Some((payload, used))) => {
+                self.pos += used;
+                Some(Ok(Frame { payload, offset }))
+            }
+            Ok(None) => {
+                self.done = true;
+                Some(Err(FrameError::Truncated {
+                    offset,
+                    size: frame_size(rest),
+                }))
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(FrameError::TooLarge { offset, error }))
+            }
+        }
     }
 }
 
@@ -174,20 +296,19 @@ impl ReadBuf {
         decoder: &FrameDecoder,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<usize, FrameTooLarge> {
-        let mut frames = 0;
-        let mut pos = self.start;
+        let mut count = 0;
+        let mut walk = decoder.frames(&self.buf[self.start..self.end]);
         let result = loop {
-            match decoder.decode(&self.buf[pos..self.end]) {
-                Ok(Some((payload, used))) => {
-                    on_frame(payload);
-                    pos += used;
-                    frames += 1;
+            match walk.next() {
+                Some(Ok(frame)) => {
+                    on_frame(frame.payload);
+                    count += 1;
                 }
-                Ok(None) => break Ok(frames),
-                Err(e) => break Err(e),
+                None | Some(Err(FrameError::Truncated { .. })) => break Ok(count),
+                Some(Err(FrameError::TooLarge { error, .. })) => break Err(error),
             }
         };
-        self.start = pos;
+        self.start += walk.offset();
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -236,6 +357,46 @@ mod tests {
         let mut wire = Vec::new();
         encode_frame(b"abc", &mut wire);
         assert_eq!(dec.decode(&wire).unwrap(), Some((&b"abc"[..], 7)));
+    }
+
+    #[test]
+    fn frames_walks_whole_frames_then_says_once_why_it_stopped() {
+        let mut wire = Vec::new();
+        encode_frame(b"ok", &mut wire);
+        encode_frame(b"", &mut wire);
+        wire.extend_from_slice(&11u32.to_be_bytes());
+        let dec = FrameDecoder::new(10);
+        let mut walk = dec.frames(&wire);
+        let got: Vec<_> = walk.by_ref().collect();
+        let too_large = FrameTooLarge { len: 11, max: 10 };
+        assert_eq!(
+            got,
+            vec![
+                Ok(Frame {
+                    payload: b"ok",
+                    offset: 0
+                }),
+                Ok(Frame {
+                    payload: b"",
+                    offset: 6
+                }),
+                Err(FrameError::TooLarge {
+                    offset: 10,
+                    error: too_large
+                }),
+            ]
+        );
+        assert_eq!(walk.offset(), 10);
+        assert_eq!(walk.next(), None);
+        let mut walk = frames(&wire[..3]);
+        let truncated = FrameError::Truncated {
+            offset: 0,
+            size: None,
+        };
+        assert_eq!(walk.next(), Some(Err(truncated)));
+        assert_eq!((walk.next(), walk.offset()), (None, 0));
+        assert_eq!(frames(&[]).next(), None);
+        assert_eq!(frames(&wire).filter(Result::is_ok).count(), 2);
     }
 
     #[test]

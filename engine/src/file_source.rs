@@ -3,8 +3,8 @@
 //!
 //! Its read position is what makes it replayable. At start the file is split at frame
 //! boundaries into one range per core ([`plan`]). Each core reads its ranges in order, through
-//! the same ingest-and-flush path as a TCP connection, and keeps its position current after
-//! every read; a checkpoint records, for every range, the offset up to which frames were read
+//! the same [`read_step`] as a TCP connection (wait for sink room, ingest, log rejects, flush),
+//! and keeps its position current after every read; a checkpoint records, for every range, the offset up to which frames were read
 //! before the cut. On restart the ranges not yet read are dealt out again, split further if there
 //! are more cores than ranges, so a checkpoint taken on N cores resumes on M. A file that grew
 //! since the checkpoint (a log being appended to) has its new frames read as one more range.
@@ -20,9 +20,10 @@ use std::rc::Rc;
 use glommio::io::BufferedFile;
 
 use crate::checkpoint::SourceMark;
-use crate::codec::{FrameDecoder, FrameTooLarge, DEFAULT_MAX_FRAME, HEADER_LEN};
+use crate::codec::{frame_size, FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 use crate::metrics::CoreMetrics;
 use crate::pipeline::App;
+use crate::read_step::read_step;
 use crate::worker::Worker;
 use crate::Error;
 
@@ -219,7 +220,7 @@ impl<'a> Walker<'a> {
         }
         let mut h = [0u8; HEADER_LEN];
         self.r.read_exact(&mut h)?;
-        let end = self.pos + (HEADER_LEN as u64) + u64::from(u32::from_be_bytes(h));
+        let end = self.pos + frame_size(&h).expect("a whole header") as u64;
         if end > self.file_len {
             self.r.seek_relative(-(HEADER_LEN as i64))?;
             return Ok(None);
@@ -286,32 +287,37 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// What decoding one read found after its whole frames.
-enum Stop {
-    /// The read ended inside a frame of this total size (None: inside its header).
-    Partial(Option<usize>),
-    /// A frame above the maximum size.
-    TooLarge(FrameTooLarge),
-}
-
 /// Passes every whole frame at the start of `buf` to `on_frame`; returns the bytes they took
 /// and why decoding stopped before the end, if it did.
 fn decode_whole(
     decoder: &FrameDecoder,
     buf: &[u8],
     on_frame: &mut dyn FnMut(&[u8]),
-) -> (usize, Option<Stop>) {
-    let mut p = 0;
-    loop {
-        match decoder.decode(&buf[p..]) {
-            Ok(Some((frame, used))) => {
-                on_frame(frame);
-                p += used;
-            }
-            Ok(None) if p == buf.len() => return (p, None),
-            Ok(None) => return (p, Some(Stop::Partial(decoder.frame_size(&buf[p..])))),
-            Err(e) => return (p, Some(Stop::TooLarge(e))),
+) -> (usize, Option<FrameError>) {
+    let mut walk = decoder.frames(buf);
+    for frame in walk.by_ref() {
+        match frame {
+            Ok(frame) => on_frame(frame.payload),
+            Err(stop) => return (walk.offset(), Some(stop)),
         }
+    }
+    (walk.offset(), None)
+}
+
+/// Names the bytes of one read in a log line.
+struct Span<'a> {
+    file: &'a str,
+    start: u64,
+    end: u64,
+}
+
+impl std::fmt::Display for Span<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "file:{} (bytes {} to {})",
+            self.file, self.start, self.end
+        )
     }
 }
 
@@ -341,15 +347,15 @@ pub(crate) async fn run_file_source<A: App>(
     };
     let m = worker.metrics.core(core);
     let decoder = FrameDecoder::new(cfg.max_frame);
-    let step = cfg.read_bytes.max(HEADER_LEN) as u64;
+    let step_bytes = cfg.read_bytes.max(HEADER_LEN) as u64;
     'ranges: for (i, &(start, end)) in ranges.iter().enumerate() {
         let mut pos = start;
-        let mut need = step;
+        let mut need = step_bytes;
         while pos < end {
             if worker.shutdown.is_triggered() {
                 break 'ranges;
             }
-            let want = need.max(step).min(end - pos);
+            let want = need.max(step_bytes).min(end - pos);
             let buf = match file.read_at(pos, want as usize).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -361,26 +367,27 @@ pub(crate) async fn run_file_source<A: App>(
                     break 'ranges;
                 }
             };
-            let ((used, stop), seen) =
-                worker.ingest(source, |on_frame| decode_whole(&decoder, &buf, on_frame));
+            let from = Span {
+                file: &shown,
+                start: pos,
+                end: pos + buf.len() as u64,
+            };
+            let step = read_step(&worker, source, &from, |on_frame| {
+                let (used, stop) = decode_whole(&decoder, &buf, on_frame);
+                // Inside the ingest: a checkpoint cut sees the position and the records that
+                // go with it, or neither.
+                worker.note_file_position(i, pos + used as u64);
+                (used, stop)
+            })
+            .await;
+            let Some((used, stop)) = step else {
+                break 'ranges;
+            };
             pos += used as u64;
-            // In the same step as the ingest: a checkpoint cut sees the position and the
-            // records that go with it, or neither.
-            worker.note_file_position(i, pos);
-            if seen.rejected > 0 && worker.may_log_reject() {
-                tracing::warn!(
-                    core,
-                    "rejected {} frame(s) of file:{shown} whose payload is not valid UTF-8 \
-                     ({}), the last one ending at offset {pos}; reading goes on (further \
-                     rejections are counted in frames_rejected, logged at most once a second)",
-                    seen.rejected,
-                    seen.first_error.map(|e| e.to_string()).unwrap_or_default()
-                );
-            }
-            need = step;
+            need = step_bytes;
             match stop {
                 None => {}
-                Some(Stop::TooLarge(e)) => {
+                Some(FrameError::TooLarge { error: e, .. }) => {
                     CoreMetrics::add(&m.frames_rejected, 1);
                     tracing::warn!(
                         core,
@@ -389,7 +396,7 @@ pub(crate) async fn run_file_source<A: App>(
                     pos += (HEADER_LEN + e.len) as u64;
                     worker.note_file_position(i, pos);
                 }
-                Some(Stop::Partial(size)) if used == 0 => {
+                Some(FrameError::Truncated { size, .. }) if used == 0 => {
                     let size = size.unwrap_or(HEADER_LEN) as u64;
                     if buf.len() as u64 >= want && size > want {
                         // A frame larger than one read: read it whole next time.
@@ -404,9 +411,8 @@ pub(crate) async fn run_file_source<A: App>(
                         break 'ranges;
                     }
                 }
-                Some(Stop::Partial(_)) => {}
+                Some(FrameError::Truncated { .. }) => {}
             }
-            worker.flush().await;
         }
     }
     let _ = file.close().await;
@@ -435,16 +441,10 @@ mod tests {
     }
 
     fn boundaries(bytes: &[u8]) -> Vec<u64> {
-        let mut b = vec![0u64];
-        let mut p = 0;
-        while p + 4 <= bytes.len() {
-            p += 4 + u32::from_be_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
-            if p > bytes.len() {
-                break;
-            }
-            b.push(p as u64);
-        }
-        b
+        let ends = crate::codec::frames(bytes).map_while(Result::ok);
+        [0].into_iter()
+            .chain(ends.map(|f| f.end() as u64))
+            .collect()
     }
 
     /// Every range starts and ends on a frame boundary, and together they cover `expect` once.

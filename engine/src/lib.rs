@@ -12,6 +12,8 @@
 //! - [`state`]: one core's shard of keyed state.
 //! - [`codec`]: the length-prefixed framing, decoded in place.
 //! - [`source`], [`sink`]: where frames come from and output goes (TCP, a framed file, memory).
+//!   Every source reads through one step (wait for sink room, ingest, log rejects, flush); the
+//!   TCP source is one module over two byte backends (glommio `recv`, io_uring provided buffers).
 //! - [`checkpoint`]: consistent checkpoints of all state, and recovery from them.
 //! - [`metrics`]: per-core counters; [`shutdown`]: how a stop request reaches every task.
 //!
@@ -47,16 +49,16 @@ mod file_source;
 pub mod key;
 mod memory;
 pub mod metrics;
-mod net;
 mod notify;
 pub mod pipeline;
+mod read_step;
 pub mod routing;
 pub mod runtime;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod state;
-mod uring;
+mod tcp;
 mod worker;
 
 pub use checkpoint::{Checkpoints, Persist, PersistApp};

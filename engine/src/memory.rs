@@ -1,13 +1,14 @@
-//! The in-memory source and sink, for embedding the engine, tests and in-process benchmarks.
+//! The in-memory source, for embedding the engine, tests and in-process benchmarks.
 //!
-//! Each core feeds its share of a [`MemorySource`](crate::MemorySource) through exactly the same
-//! ingest and flush path as a TCP connection, one slice of frames at a time, so an in-process run
-//! measures the engine without the sockets.
+//! Each core feeds its share of a [`MemorySource`](crate::source::MemorySource) through the same
+//! [`read_step`] as a TCP connection (wait for sink room, ingest, log rejects, flush), one slice
+//! of frames at a time, so an in-process run measures the engine without the sockets.
 
 use std::rc::Rc;
 
-use crate::codec::FrameDecoder;
+use crate::codec::frames;
 use crate::pipeline::App;
+use crate::read_step::read_step;
 use crate::source::MemorySource;
 use crate::worker::Worker;
 
@@ -19,7 +20,6 @@ pub(crate) async fn run_memory_source<A: App>(
     cores: usize,
 ) {
     let share = src.share(worker.index, cores);
-    let decoder = FrameDecoder::new(u32::MAX as usize);
     for _ in 0..src.repeat {
         let mut pos = 0;
         while pos < share.len() {
@@ -27,22 +27,24 @@ pub(crate) async fn run_memory_source<A: App>(
                 return;
             }
             let end = (pos + src.slice_bytes).min(share.len());
-            let (consumed, _) = worker.ingest(source, |on_frame| {
+            let step = read_step(&worker, source, &"the memory source", |on_frame| {
                 // Whole frames starting in [pos, end): a slice always makes progress.
-                let mut p = pos;
-                while p < end {
-                    match decoder.decode(&share[p..]) {
-                        Ok(Some((frame, used))) => {
-                            on_frame(frame);
-                            p += used;
-                        }
-                        _ => unreachable!("memory sources are validated at construction"),
+                let mut next = pos;
+                for frame in frames(&share[pos..]) {
+                    let frame = frame.expect("memory sources are validated at construction");
+                    if pos + frame.offset >= end {
+                        break;
                     }
+                    on_frame(frame.payload);
+                    next = pos + frame.end();
                 }
-                p
-            });
-            pos = consumed;
-            worker.flush().await;
+                next
+            })
+            .await;
+            match step {
+                Some(next) => pos = next,
+                None => return,
+            }
             if let Some(d) = src.pause {
                 glommio::timer::sleep(d).await;
             }

@@ -1,6 +1,6 @@
 //! Sources: where frames come from, and the settings for each kind.
 //!
-//! [`SourceConfig::Tcp`] listens on an address on every core ([`crate::net`]);
+//! [`SourceConfig::Tcp`] listens on an address on every core ([`crate::tcp`]);
 //! [`SourceConfig::Memory`] feeds a framed buffer from memory ([`crate::memory`]), for embedding,
 //! tests and in-process benchmarks. A memory source is finite: the engine stops by itself once
 //! it is consumed and everything is flushed.
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::DEFAULT_MAX_FRAME;
+use crate::codec::{frames, FrameError, DEFAULT_MAX_FRAME};
 
 /// Where the engine reads frames from.
 #[derive(Debug, Clone)]
@@ -45,8 +45,9 @@ pub struct TcpSourceConfig {
 
 /// How the TCP source does its socket I/O. Both decode the same frames under the same rules.
 ///
-/// [`TcpSourceConfig::new`] takes it from the `BETTONG_IO` environment variable (`uring` or
-/// `glommio`), else [`IoBackend::DEFAULT`].
+/// [`TcpSourceConfig::new`] sets [`IoBackend::DEFAULT`]. The library reads no environment
+/// variable: the `bettong` binary takes the backend from `BETTONG_IO` (`uring` or `glommio`) and
+/// parses it with [`str::parse`].
 ///
 /// ```
 /// use bettong_engine::IoBackend;
@@ -65,21 +66,9 @@ pub enum IoBackend {
 }
 
 impl IoBackend {
-    /// The backend used unless `BETTONG_IO` says otherwise. Measured over loopback on two cores
-    /// the two read at the same rate; the io_uring path keeps the full-speed tail latency lower.
+    /// The backend of [`TcpSourceConfig::new`]. Measured over loopback on two cores the two
+    /// read at the same rate; the io_uring path keeps the full-speed tail latency lower.
     pub const DEFAULT: IoBackend = IoBackend::Uring;
-
-    /// `BETTONG_IO` (`uring` or `glommio`, any case), or [`IoBackend::DEFAULT`] when it is unset
-    /// or not one of those (which is logged).
-    pub fn from_env() -> IoBackend {
-        match std::env::var("BETTONG_IO") {
-            Err(_) => IoBackend::DEFAULT,
-            Ok(v) => v.parse().unwrap_or_else(|e| {
-                tracing::warn!("{e}; using {:?}", IoBackend::DEFAULT);
-                IoBackend::DEFAULT
-            }),
-        }
-    }
 }
 
 impl std::str::FromStr for IoBackend {
@@ -89,7 +78,7 @@ impl std::str::FromStr for IoBackend {
             "uring" | "io_uring" | "io-uring" => Ok(IoBackend::Uring),
             "glommio" => Ok(IoBackend::Glommio),
             _ => Err(format!(
-                "BETTONG_IO={s:?} is not an I/O backend (expected \"uring\" or \"glommio\")"
+                "{s:?} is not an I/O backend (expected \"uring\" or \"glommio\")"
             )),
         }
     }
@@ -104,7 +93,7 @@ impl TcpSourceConfig {
             read_buffer: 64 * 1024,
             max_connections_per_core: 10_000,
             idle_timeout: Duration::from_secs(30),
-            io: IoBackend::from_env(),
+            io: IoBackend::DEFAULT,
         }
     }
 }
@@ -131,16 +120,11 @@ impl MemorySource {
     /// boundary, naming the offset of the truncated frame.
     pub fn from_framed(framed: impl Into<Arc<[u8]>>) -> Result<Self, crate::Error> {
         let framed = framed.into();
-        let mut pos = 0;
-        while pos < framed.len() {
-            let Some(h) = framed[pos..].first_chunk::<4>() else {
-                return Err(crate::Error::TruncatedInput { offset: pos });
-            };
-            let next = pos + 4 + u32::from_be_bytes(*h) as usize;
-            if next > framed.len() {
-                return Err(crate::Error::TruncatedInput { offset: pos });
-            }
-            pos = next;
+        if let Some(Err(
+            FrameError::Truncated { offset, .. } | FrameError::TooLarge { offset, .. },
+        )) = frames(&framed).find(Result::is_err)
+        {
+            return Err(crate::Error::TruncatedInput { offset });
         }
         Ok(MemorySource {
             framed,
@@ -183,27 +167,21 @@ impl MemorySource {
 
     /// Number of frames in one pass over the buffer.
     pub fn frames(&self) -> usize {
-        let mut n = 0;
-        let mut pos = 0;
-        while let Some(h) = self.framed.get(pos..).and_then(|b| b.first_chunk::<4>()) {
-            pos += 4 + u32::from_be_bytes(*h) as usize;
-            n += 1;
-        }
-        n
+        frames(&self.framed).take_while(Result::is_ok).count()
     }
 
     /// The part of the buffer core `core` of `cores` feeds: contiguous, cut at frame boundaries.
     pub(crate) fn share(&self, core: usize, cores: usize) -> &[u8] {
+        // The first frame boundary at or after an even share of the bytes.
         let cut = |i: usize| -> usize {
             let target = self.framed.len() * i / cores;
-            let mut pos = 0;
-            while pos < target {
-                let h = self.framed[pos..]
-                    .first_chunk::<4>()
-                    .expect("validated framing");
-                pos += 4 + u32::from_be_bytes(*h) as usize;
+            if target == 0 {
+                return 0;
             }
-            pos
+            frames(&self.framed)
+                .map(|f| f.expect("validated framing").end())
+                .find(|&end| end >= target)
+                .unwrap_or(self.framed.len())
         };
         &self.framed[cut(core)..cut(core + 1)]
     }

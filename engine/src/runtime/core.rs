@@ -18,13 +18,12 @@ use crate::checkpoint::{run_initiator, Participant};
 use crate::file_source::{run_file_source, FilePlan};
 use crate::memory::run_memory_source;
 use crate::metrics::Metrics;
-use crate::net::{bind, run_tcp_source};
 use crate::pipeline::App;
 use crate::routing::{Envelope, Router};
 use crate::shutdown::{Shutdown, StopHandle};
 use crate::sink::{run_memory_sink, run_tcp_sink, SinkConfig, SinkPort};
-use crate::source::{IoBackend, SourceConfig};
-use crate::uring;
+use crate::source::SourceConfig;
+use crate::tcp;
 use crate::worker::{drain_peer, run_forwarder, Worker};
 use crate::Error;
 
@@ -116,31 +115,15 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
     for (source, cfg) in s.sources.into_iter().enumerate() {
         let w = worker.clone();
         let task = match cfg {
-            SourceConfig::Tcp(cfg) => {
-                // io_uring sockets unless glommio's were chosen or io_uring is unavailable.
-                let uring = match cfg.io {
-                    IoBackend::Uring => uring::listen(&cfg, index),
-                    IoBackend::Glommio => Ok(None),
-                };
-                match uring {
-                    Ok(Some(listener)) => glommio::spawn_local(async move {
-                        uring::run_tcp_source(w, source, listener, cfg).await
-                    }),
-                    Ok(None) => match bind(&cfg, index) {
-                        Ok(listener) => glommio::spawn_local(async move {
-                            run_tcp_source(w, source, listener, cfg).await
-                        }),
-                        Err(e) => {
-                            failed.get_or_insert(e);
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                        continue;
-                    }
+            SourceConfig::Tcp(cfg) => match tcp::listen(&cfg, index) {
+                Ok(listener) => {
+                    glommio::spawn_local(async move { tcp::run(w, source, listener, cfg).await })
                 }
-            }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            },
             SourceConfig::Memory(src) => {
                 let cores = s.cores;
                 glommio::spawn_local(async move { run_memory_source(w, source, src, cores).await })

@@ -1,8 +1,9 @@
-//! Sockets on io_uring: each core's TCP source on its own ring, with multishot accept, multishot
-//! receive into provided buffers, and frames decoded in place from the buffers the kernel filled.
+//! The io_uring byte backend of the TCP source ([`crate::tcp`]): each core's sockets on its own
+//! ring, with multishot accept, multishot receive into provided buffers, and frames decoded in
+//! place from the buffers the kernel filled.
 //!
-//! The glommio path ([`crate::net`]) reads with `recv(2)` into each connection's buffer and uses
-//! io_uring only to learn that a socket is readable. Here the kernel does the receiving: one
+//! The glommio backend ([`crate::tcp`]'s `recv`) reads with `recv(2)` into each connection's
+//! buffer and uses io_uring only to learn that a socket is readable. Here the kernel does the receiving: one
 //! multishot accept per core and one multishot receive per connection stay armed, and every
 //! completion carries the bytes in a buffer of the core's provided-buffer ring. A connection
 //! costs no system call per read: the receives of all of a core's connections are run in one
@@ -12,11 +13,13 @@
 //!   executor sleep while the ring is idle;
 //! - [`buf_ring`]: the provided receive buffers;
 //! - [`reassembly`]: frames decoded in place, and the partial frames carried between buffers;
-//! - [`source`]: the listener and connection tasks.
+//! - [`socket`]: the listener and connections, as the TCP source reads them ([`crate::tcp::Accept`],
+//!   [`crate::tcp::Connection`]).
 //!
-//! The backend is chosen per engine with [`crate::source::IoBackend`] (`BETTONG_IO=uring|glommio`).
-//! Where io_uring or one of the features used here is unavailable (Linux before 6.1,
-//! `kernel.io_uring_disabled`, seccomp), the core says so and falls back to the glommio path.
+//! The backend is chosen per engine with [`crate::source::IoBackend`] (the `bettong` binary reads
+//! `BETTONG_IO=uring|glommio`). Where io_uring or one of the features used here is unavailable
+//! (Linux before 6.1, `kernel.io_uring_disabled`, seccomp), [`crate::tcp::listen`] says so and
+//! falls back to the glommio backend.
 //!
 //! The sink stays on glommio's `send(2)`. It writes one chunk of about 100-200 KiB at a time, in
 //! order, about a thousand times a second per core, so a system call per chunk is noise, and over
@@ -27,13 +30,13 @@
 mod buf_ring;
 mod reassembly;
 mod ring;
-mod source;
+mod socket;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use ring::RingParams;
-pub(crate) use source::{listen, run_tcp_source};
+pub(crate) use socket::{listen, ListenError, UringListener};
 
 use crate::source::TcpSourceConfig;
 

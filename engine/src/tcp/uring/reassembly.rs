@@ -6,9 +6,9 @@
 //! carry buffer, which then holds exactly that one partial frame (reserved at its full size as
 //! soon as its header is known, so it is copied once). Whatever the cut, the frames are the same,
 //! and the maximum frame size is enforced as soon as a header is complete, as [`FrameDecoder`]
-//! does for the glommio path.
+//! does for the glommio backend.
 
-use crate::codec::{FrameDecoder, FrameTooLarge, HEADER_LEN};
+use crate::codec::{FrameDecoder, FrameError, FrameTooLarge, HEADER_LEN};
 
 /// Carry buffers larger than this are released after the frame that grew them.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -38,24 +38,19 @@ impl Reassembly {
         if !self.carry.is_empty() {
             data = self.complete_carry(data, decoder, on_frame)?;
         }
-        loop {
-            match decoder.decode(data) {
-                Ok(Some((payload, used))) => {
-                    on_frame(payload);
-                    data = &data[used..];
-                }
-                Ok(None) => {
-                    if !data.is_empty() {
-                        if let Some(size) = decoder.frame_size(data) {
-                            self.carry.reserve_exact(size);
-                        }
-                        self.carry.extend_from_slice(data);
+        for frame in decoder.frames(data) {
+            match frame {
+                Ok(frame) => on_frame(frame.payload),
+                Err(FrameError::Truncated { offset, size }) => {
+                    if let Some(size) = size {
+                        self.carry.reserve_exact(size);
                     }
-                    return Ok(());
+                    self.carry.extend_from_slice(&data[offset..]);
                 }
-                Err(e) => return Err(e),
+                Err(FrameError::TooLarge { error, .. }) => return Err(error),
             }
         }
+        Ok(())
     }
 
     /// Adds the start of `data` to the partial frame; returns what is left of `data` once the

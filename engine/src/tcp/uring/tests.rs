@@ -11,7 +11,7 @@ use glommio::channels::channel_mesh::FullMesh;
 use glommio::LocalExecutorBuilder;
 
 use super::ring::{Ring, RingParams};
-use super::source::{listen_with, run_tcp_source};
+use super::socket::listen;
 use crate::codec::encode_frame;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pipeline::{App, Pipeline};
@@ -19,10 +19,11 @@ use crate::routing::{Envelope, Router};
 use crate::shutdown::Shutdown;
 use crate::sink::{run_memory_sink, SinkPort};
 use crate::source::TcpSourceConfig;
+use crate::tcp;
 use crate::worker::Worker;
 
 /// Each frame's text, one line per frame, in the order the core applied them.
-fn echo() -> impl App<Value = ()> {
+fn echo() -> impl App {
     Pipeline::text()
         .key_by(|t: &str| (t, ()))
         .state(|_t: &str, n: &mut u64, ()| {
@@ -74,7 +75,7 @@ where
 {
     LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let (senders, _receivers) = FullMesh::<Envelope<()>>::full(1, 8).join().await.unwrap();
+            let (senders, _receivers) = FullMesh::<Envelope>::full(1, 8).join().await.unwrap();
             let metrics = Metrics::new(1);
             let shutdown = Shutdown::new();
             let port = Rc::new(SinkPort::new(4));
@@ -90,14 +91,19 @@ where
             ));
             let mut cfg = TcpSourceConfig::new("127.0.0.1:0".parse().unwrap());
             configure(&mut cfg);
-            let listener = listen_with(&cfg, 0, params)
-                .unwrap()
-                .expect("io_uring is available");
+            let Ok(listener) = listen(&cfg, params) else {
+                panic!("io_uring is available and the address binds");
+            };
             cfg.addr = listener.local_addr();
             let ring: Rc<Ring> = listener.ring().clone();
             let addr = cfg.addr;
             let client = std::thread::spawn(move || client(addr));
-            let source = glommio::spawn_local(run_tcp_source(worker.clone(), listener, cfg));
+            let source = glommio::spawn_local(tcp::run(
+                worker.clone(),
+                0,
+                tcp::Listener::Uring(listener),
+                cfg,
+            ));
             let deadline = Instant::now() + Duration::from_secs(20);
             while !done(&metrics.core(0).snapshot()) {
                 assert!(Instant::now() < deadline, "{}", metrics.core(0).snapshot());

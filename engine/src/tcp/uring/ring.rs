@@ -14,8 +14,11 @@
 //! (`IORING_REGISTER_EVENTFD`, written by the kernel when work for this ring comes in) wakes it:
 //! the [`Ring::drive`] task awaits that eventfd through a glommio `BufferedFile` read, which
 //! glommio submits to its own ring (exactly how glommio waits on its own wake-up eventfd). An
-//! idle core therefore parks in glommio's `io_uring_enter` like any other idle glommio core: it
-//! neither spins nor polls on a timer. While a task reaps, the eventfd is switched off
+//! idle core therefore parks in glommio's `io_uring_enter` like any other idle glommio core: the
+//! source ring adds no spinning and no timer of its own. (The core is still woken every 10 ms by
+//! the engine's stop watcher, which looks whether a stop was requested; that is the runtime's
+//! timer, the same on both backends, and it finds this ring idle.) While a task reaps, the
+//! eventfd is switched off
 //! (`IORING_CQ_EVENTFD_DISABLED`), so a busy core does not pay for wake-ups it does not need.
 //!
 //! Memory safety rests on one rule: a request's memory lives at least as long as the request.
@@ -110,7 +113,8 @@ impl Ring {
         // them (DEFER_TASKRUN) rather than by interrupting it as they happen: a whole batch of
         // receives is then copied in one enter. This needs Linux 6.1, which also has everything
         // else this source uses (provided-buffer rings, multishot accept and receive, sync
-        // cancel), so a kernel that refuses it gets the glommio path instead.
+        // cancel), so a kernel that refuses it gets the glommio backend instead
+        // ([`crate::tcp::listen`] says so).
         let uring = IoUring::builder()
             .setup_cqsize(cq)
             .setup_single_issuer()

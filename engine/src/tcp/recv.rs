@@ -1,0 +1,125 @@
+//! The glommio byte backend of the TCP source ([`super`]): `recv(2)` into a buffer.
+//!
+//! Each connection's bytes are read with glommio's `TcpStream` into its [`ReadBuf`] and decoded
+//! in place; only a trailing partial frame is moved. A connection costs no read buffer until its
+//! first byte arrives, so idle connections are cheap. Everything else (limits, the idle rule,
+//! backpressure, logging) is the source's.
+
+use std::io;
+use std::net::SocketAddr;
+
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+
+use super::{Accept, Connection, Ended};
+use crate::codec::{FrameDecoder, ReadBuf};
+use crate::source::TcpSourceConfig;
+
+/// One core's glommio listener.
+pub(super) struct RecvAccept {
+    listener: TcpListener,
+    decoder: FrameDecoder,
+    read_buffer: usize,
+}
+
+impl RecvAccept {
+    pub(super) fn new(listener: TcpListener, cfg: &TcpSourceConfig) -> Self {
+        RecvAccept {
+            listener,
+            decoder: FrameDecoder::new(cfg.max_frame),
+            read_buffer: cfg.read_buffer,
+        }
+    }
+}
+
+impl Accept for RecvAccept {
+    type Conn = RecvConn;
+
+    async fn accept(&mut self) -> io::Result<(RecvConn, SocketAddr)> {
+        let stream = self
+            .listener
+            .accept()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let conn = RecvConn {
+            stream,
+            rb: None,
+            decoder: self.decoder,
+            read_buffer: self.read_buffer,
+            undecoded: false,
+        };
+        Ok((conn, peer))
+    }
+
+    async fn close(self) {}
+}
+
+/// One connection read with `recv(2)`.
+pub(super) struct RecvConn {
+    stream: TcpStream,
+    /// None until the first byte is there.
+    rb: Option<ReadBuf>,
+    decoder: FrameDecoder,
+    read_buffer: usize,
+    /// Bytes were read that `decode` has not seen yet.
+    undecoded: bool,
+}
+
+impl Connection for RecvConn {
+    fn partial(&self) -> usize {
+        self.rb.as_ref().map_or(0, |rb| rb.pending().len())
+    }
+
+    async fn prepare(&mut self) -> Result<(), Ended> {
+        Ok(())
+    }
+
+    async fn receive(&mut self) -> Result<(), Ended> {
+        let rb = match &mut self.rb {
+            Some(rb) => rb,
+            None => {
+                // No read buffer until the first byte is there: a thousand idle connections
+                // cost no memory.
+                let mut probe = [0u8; 1];
+                match self.stream.peek(&mut probe).await {
+                    Ok(0) => return Err(Ended::Eof),
+                    Err(e) => return Err(Ended::Failed(io::Error::other(e.to_string()))),
+                    Ok(_) => self.rb.insert(ReadBuf::with_capacity(self.read_buffer)),
+                }
+            }
+        };
+        match self.stream.read(rb.spare(&self.decoder)).await {
+            Ok(0) => Err(Ended::Eof),
+            Ok(n) => {
+                rb.filled_by(n);
+                self.undecoded = true;
+                Ok(())
+            }
+            Err(e) => Err(Ended::Failed(e)),
+        }
+    }
+
+    fn decode(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<(), Ended> {
+        self.undecoded = false;
+        match &mut self.rb {
+            Some(rb) => match rb.drain_frames(&self.decoder, on_frame) {
+                Ok(_) => Ok(()),
+                Err(too_large) => Err(Ended::Oversized(too_large)),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Nothing to cancel: no read runs unless the source awaits one.
+    fn stop(&mut self) {}
+
+    /// The last read, if the stop came before it was decoded.
+    async fn drain_ready(&mut self) -> bool {
+        self.undecoded
+    }
+
+    async fn close(self) {}
+}
