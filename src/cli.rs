@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve word count: framed text in on --in, `word => count` lines out to --out.
     Serve(ServeArgs),
+    /// Serve Market Spread: --in Orders@HOST:PORT,Nbbo@HOST:PORT, framed order results out to
+    /// --out. The other flags are `serve`'s.
+    MarketSpread(ServeArgs),
     /// Send framed messages to a server (Wallaroo's giles sender).
     Send(SendArgs),
     /// Receive and count output lines (Wallaroo's data_receiver).
@@ -164,6 +167,19 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The server options these flags give.
+    pub fn options(self) -> crate::serve::ServeOptions {
+        crate::serve::ServeOptions {
+            limits: self.limits(),
+            input: self.input,
+            output: self.output,
+            cores: self.cores,
+            max_frame: self.max_frame,
+            resilience_dir: self.resilience_dir,
+            checkpoint_interval: self.checkpoint_interval,
+        }
+    }
+
     /// The limits given on the command line.
     pub fn limits(&self) -> ServeLimits {
         ServeLimits {

@@ -20,15 +20,8 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
-        Command::Serve(a) => bettong::serve::serve(&bettong::serve::ServeOptions {
-            limits: a.limits(),
-            input: a.input,
-            output: a.output,
-            cores: a.cores,
-            max_frame: a.max_frame,
-            resilience_dir: a.resilience_dir,
-            checkpoint_interval: a.checkpoint_interval,
-        }),
+        Command::Serve(a) => bettong::serve::serve(&a.options()),
+        Command::MarketSpread(a) => bettong::market_spread::serve::serve(&a.options()),
         Command::Send(a) => a
             .to_options(std::io::stderr().is_terminal())
             .and_then(|o| bettong::send::run_send(&o))

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bettong_engine::{
-    Checkpoints, Engine, FileSourceConfig, IoBackend, MetricsSnapshot, Report, Running,
+    Checkpoints, Engine, FileSourceConfig, IoBackend, MetricsSnapshot, PersistApp, Report, Running,
     SinkConfig, SourceConfig, TcpSinkConfig, TcpSourceConfig,
 };
 
@@ -118,7 +118,82 @@ pub fn io_backend_from_env() -> Result<IoBackend> {
 
 /// Starts the word-count server and returns it running (tests and the bench use this).
 pub fn start_server(opts: &ServeOptions) -> Result<Running> {
+    check_limits(opts)?;
+    let (name, source) = match opts.input.strip_prefix("file:") {
+        Some("") => bail!("--in file: needs a path, as in --in file:/data/corpus.bin"),
+        Some(path) => {
+            let mut f = FileSourceConfig::new(path);
+            f.max_frame = opts.max_frame;
+            (None, SourceConfig::File(f))
+        }
+        None => {
+            let (name, input) = parse_input(&opts.input)?;
+            (name, SourceConfig::Tcp(tcp_source(opts, input)?))
+        }
+    };
+    let running = start_app(opts, crate::app::word_count(), vec![source])
+        .with_context(|| format!("starting the word-count server on {}", opts.input))?;
+    match running.local_addr() {
+        Some(addr) => tracing::info!(
+            source = name.as_deref().unwrap_or("-"),
+            "listening on {addr} with {} cores (CPUs {:?}); output to {}",
+            running.cpus().len(),
+            running.cpus(),
+            opts.output
+        ),
+        None => tracing::info!(
+            "reading {} with {} cores (CPUs {:?}); output to {}; exits once it is read",
+            opts.input,
+            running.cpus().len(),
+            running.cpus(),
+            opts.output
+        ),
+    }
+    Ok(running)
+}
+
+/// A TCP source on `addr` with the limits of `opts` (and the socket backend `BETTONG_IO` asks
+/// for).
+pub fn tcp_source(opts: &ServeOptions, addr: SocketAddr) -> Result<TcpSourceConfig> {
+    let mut source = TcpSourceConfig::new(addr);
+    source.max_frame = opts.max_frame;
+    source.max_connections_per_core = opts.limits.max_connections_per_core;
+    source.idle_timeout = opts.limits.idle_timeout;
+    source.io = io_backend_from_env()?;
+    Ok(source)
+}
+
+/// Starts any app with the given sources (in the app's source order) and the TCP sink on
+/// `--out`, with checkpoints when `--resilience-dir` is set. Shared by every server command.
+pub fn start_app<A: PersistApp>(
+    opts: &ServeOptions,
+    app: A,
+    sources: Vec<SourceConfig>,
+) -> Result<Running> {
     let output = resolve(&opts.output, "--out")?;
+    let mut engine = Engine::new();
+    if let Some(n) = opts.cores {
+        engine = engine.cores(n);
+    }
+    let mut sink = TcpSinkConfig::new(output);
+    sink.max_held_bytes = opts.limits.sink_buffer;
+    sink.shutdown_grace = opts.limits.shutdown_grace;
+    let sink = SinkConfig::Tcp(sink);
+    let running = match &opts.resilience_dir {
+        Some(dir) => {
+            if opts.checkpoint_interval.is_zero() {
+                bail!("--checkpoint-interval must be above zero");
+            }
+            let checkpoints = Checkpoints::new(dir).interval(opts.checkpoint_interval);
+            engine.start_with_checkpoints(app, sources, sink, checkpoints)?
+        }
+        None => engine.start(app, sources, sink)?,
+    };
+    Ok(running)
+}
+
+/// Checks the limits every server command shares.
+pub fn check_limits(opts: &ServeOptions) -> Result<()> {
     if opts.max_frame == 0 || opts.max_frame > u32::MAX as usize {
         bail!(
             "--max-frame {} is out of range: it must be between 1 and {} bytes",
@@ -136,68 +211,28 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
     if limits.sink_buffer == 0 {
         bail!("--sink-buffer 0 is out of range: it must be at least 1 byte");
     }
-    let (name, source) = match opts.input.strip_prefix("file:") {
-        Some("") => bail!("--in file: needs a path, as in --in file:/data/corpus.bin"),
-        Some(path) => {
-            let mut f = FileSourceConfig::new(path);
-            f.max_frame = opts.max_frame;
-            (None, SourceConfig::File(f))
-        }
-        None => {
-            let (name, input) = parse_input(&opts.input)?;
-            let mut source = TcpSourceConfig::new(input);
-            source.max_frame = opts.max_frame;
-            source.max_connections_per_core = limits.max_connections_per_core;
-            source.idle_timeout = limits.idle_timeout;
-            source.io = io_backend_from_env()?;
-            (name, SourceConfig::Tcp(source))
-        }
-    };
-    let mut engine = Engine::new();
-    if let Some(n) = opts.cores {
-        engine = engine.cores(n);
-    }
-    let mut sink = TcpSinkConfig::new(output);
-    sink.max_held_bytes = limits.sink_buffer;
-    sink.shutdown_grace = limits.shutdown_grace;
-    let sink = SinkConfig::Tcp(sink);
-    let started = match &opts.resilience_dir {
-        Some(dir) => {
-            if opts.checkpoint_interval.is_zero() {
-                bail!("--checkpoint-interval must be above zero");
-            }
-            let checkpoints = Checkpoints::new(dir).interval(opts.checkpoint_interval);
-            engine.start_with_checkpoints(crate::app::word_count(), source, sink, checkpoints)
-        }
-        None => engine.start(crate::app::word_count(), source, sink),
-    };
-    let running =
-        started.with_context(|| format!("starting the word-count server on {}", opts.input))?;
-    match running.local_addr() {
-        Some(addr) => tracing::info!(
-            source = name.as_deref().unwrap_or("-"),
-            "listening on {addr} with {} cores (CPUs {:?}); output to {output}",
-            running.cpus().len(),
-            running.cpus()
-        ),
-        None => tracing::info!(
-            "reading {} with {} cores (CPUs {:?}); output to {output}; exits once it is read",
-            opts.input,
-            running.cpus().len(),
-            running.cpus()
-        ),
-    }
-    Ok(running)
+    Ok(())
 }
 
-/// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
+/// Runs the word-count server until SIGINT or SIGTERM, then stops it gracefully.
 pub fn serve(opts: &ServeOptions) -> Result<()> {
     let running = start_server(opts)?;
     let input = match running.local_addr() {
         Some(addr) => addr.to_string(),
         None => opts.input.clone(),
     };
-    print_line(&ready_line(&input, running.cpus().len()));
+    run_until_signal(opts, running, &input, "word-count server")
+}
+
+/// Prints the ready line, runs until SIGINT or SIGTERM, stops gracefully, prints the stopped
+/// line and the final log. `what` names the server in errors.
+pub fn run_until_signal(
+    opts: &ServeOptions,
+    running: Running,
+    input: &str,
+    what: &str,
+) -> Result<()> {
+    print_line(&ready_line(input, running.cpus().len()));
     let stop = running.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -223,11 +258,13 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
             }
         })
         .context("starting the signal thread")?;
-    let report = running.join().context("running the word-count server")?;
+    let report = running
+        .join()
+        .with_context(|| format!("running the {what}"))?;
     print_line(&stopped_line(&report));
     let t = report.total();
     tracing::info!(
-        "stopped: {} frames ({} rejected), {} words, {} outputs, {} bytes out",
+        "stopped: {} frames ({} rejected), {} records, {} outputs, {} bytes out",
         t.frames_in,
         t.frames_rejected,
         t.records_in,

@@ -43,9 +43,7 @@ mod recovery;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub(crate) use coordinator::{
-    describe_source, Coordinator, CoordinatorConfig, Link, SourceKind,
-};
+pub(crate) use coordinator::{describe_source, Coordinator, CoordinatorConfig, Link, SourceKind};
 pub(crate) use cut::PreCut;
 pub use format::SourceMark;
 pub(crate) use participant::{run_initiator, CkOps, Participant};

@@ -328,7 +328,12 @@ where
         }
     }
 
-    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>) -> Result<(), WrongBatch> {
+    fn apply_any(
+        &mut self,
+        rel: usize,
+        batch: AnyBatch,
+        cx: &mut Cx<'_>,
+    ) -> Result<(), WrongBatch> {
         if rel > 0 {
             return self.tail.apply_any(rel - 1, batch, cx);
         }
@@ -439,7 +444,12 @@ where
     fn depth(&self) -> usize {
         self.next.depth()
     }
-    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>) -> Result<(), WrongBatch> {
+    fn apply_any(
+        &mut self,
+        rel: usize,
+        batch: AnyBatch,
+        cx: &mut Cx<'_>,
+    ) -> Result<(), WrongBatch> {
         self.next.apply_any(rel, batch, cx)
     }
     fn take_outboxes(

@@ -247,7 +247,10 @@ mod tests {
             assert_eq!(<str as Key>::borrow_owned(&o), k);
             assert!(k.eq_owned(&o));
             assert!(!"other".eq_owned(&o));
-            assert_eq!(o.heap_bytes(), if k.len() > INLINE_KEY { k.len() } else { 0 });
+            assert_eq!(
+                o.heap_bytes(),
+                if k.len() > INLINE_KEY { k.len() } else { 0 }
+            );
             let mut b = Vec::new();
             k.write_key(&mut b);
             assert_eq!(str::read_key(&b), Some(o));

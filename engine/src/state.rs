@@ -50,12 +50,7 @@ impl<K: ?Sized + Key, S> Shard<K, S> {
     /// The state of `key` (whose hash is `hash`), created with `init(key)` on first sight. The
     /// key is copied only when it is new.
     #[inline]
-    pub fn get_or_insert_with(
-        &mut self,
-        hash: u64,
-        key: &K,
-        init: impl FnOnce(&K) -> S,
-    ) -> &mut S {
+    pub fn get_or_insert_with(&mut self, hash: u64, key: &K, init: impl FnOnce(&K) -> S) -> &mut S {
         let entry = self.table.entry(
             hash,
             |slot| slot.hash == hash && key.eq_owned(&slot.key),

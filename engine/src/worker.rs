@@ -389,7 +389,14 @@ impl<A: App> Worker<A> {
     }
 
     /// Applies a batch that `peer` routed to this core for state step `stage`. Does not await.
-    fn apply_from(&self, peer: usize, stage: usize, records: AnyBatch, len: usize, born: Option<Instant>) {
+    fn apply_from(
+        &self,
+        peer: usize,
+        stage: usize,
+        records: AnyBatch,
+        len: usize,
+        born: Option<Instant>,
+    ) {
         if let Some(ck) = &self.ck {
             ck.on_batch(peer, stage, &*records, &self.chain.borrow());
         }
@@ -432,7 +439,10 @@ impl<A: App> Worker<A> {
     }
 
     /// Applies records outside the data path (a restore), with their output discarded.
-    pub(crate) fn with_chain_discarding<R>(&self, f: impl FnOnce(&mut A::Chain, &mut Cx<'_>) -> R) -> R {
+    pub(crate) fn with_chain_discarding<R>(
+        &self,
+        f: impl FnOnce(&mut A::Chain, &mut Cx<'_>) -> R,
+    ) -> R {
         let mut chain = self.chain.borrow_mut();
         let mut discard = Vec::new();
         let mut cx = Cx {

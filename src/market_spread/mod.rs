@@ -11,12 +11,15 @@
 //! - [`result`]: the 55-byte order-result frame the app sends to its sink;
 //! - [`gen`]: deterministic order and quote files (`bettong market-gen`);
 //! - [`reference`]: which orders get a result when all quotes come first (the sequential answer);
-//! - [`check`]: an incremental checker of received result streams.
+//! - [`check`]: an incremental checker of received result streams;
+//! - [`app`]: the app itself on the engine, and [`serve`]: `bettong market-spread`.
 
+pub mod app;
 pub mod check;
 pub mod gen;
 pub mod reference;
 pub mod result;
+pub mod serve;
 pub mod state;
 pub mod wire;
 

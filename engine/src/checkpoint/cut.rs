@@ -18,7 +18,6 @@
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
-
 use super::coordinator::Link;
 use crate::notify::Notify;
 use crate::routing::Envelope;

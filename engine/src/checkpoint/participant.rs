@@ -15,6 +15,9 @@
 //! ([`CkOps`]) where those bounds are known, so the runtime needs no bound unless checkpoints
 //! are on.
 
+// Builder and callback types name every user type they carry; aliases would only hide them.
+#![allow(clippy::type_complexity)]
+
 use std::any::Any;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;

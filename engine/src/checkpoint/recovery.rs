@@ -8,6 +8,9 @@
 //! being written) and is skipped the same way. Keys are re-hashed with this run's router, so a
 //! checkpoint taken on any number of cores restores onto any other.
 
+// Builder and callback types name every user type they carry; aliases would only hide them.
+#![allow(clippy::type_complexity)]
+
 use std::fs;
 use std::io;
 use std::ops::Range;

@@ -44,6 +44,9 @@
 //! # let _ = pipeline;
 //! ```
 
+// Builder and callback types name every user type they carry; aliases would only hide them.
+#![allow(clippy::type_complexity)]
+
 pub(crate) mod steps;
 
 use std::borrow::Cow;
@@ -54,7 +57,7 @@ use crate::dataflow::{
 };
 use crate::key::Key;
 use crate::state::Shard;
-use steps::{FlatMap, FlatMapTo, Filter, Identity, Map, MapTo, TextStep, TypedStep};
+use steps::{Filter, FlatMap, FlatMapTo, Identity, Map, MapTo, TextStep, TypedStep};
 
 /// A text pipeline's front half under construction; also where every pipeline starts.
 #[derive(Clone, Debug)]
@@ -261,11 +264,7 @@ where
     type Value = V;
 
     #[inline]
-    fn decode(
-        &mut self,
-        frame: &[u8],
-        route: &mut impl FnMut(&K, V),
-    ) -> Result<(), DecodeError> {
+    fn decode(&mut self, frame: &[u8], route: &mut impl FnMut(&K, V)) -> Result<(), DecodeError> {
         let text = std::str::from_utf8(frame)?;
         let key = &mut self.key;
         self.steps.run(Cow::Borrowed(text), &mut |item| {
@@ -308,11 +307,7 @@ where
     type Value = V;
 
     #[inline]
-    fn decode(
-        &mut self,
-        frame: &[u8],
-        route: &mut impl FnMut(&K, V),
-    ) -> Result<(), DecodeError> {
+    fn decode(&mut self, frame: &[u8], route: &mut impl FnMut(&K, V)) -> Result<(), DecodeError> {
         let item = (self.decoder)(frame)?;
         let key = &mut self.key;
         self.steps.run(item, &mut |x| {
@@ -575,7 +570,10 @@ where
 
     /// Keys the outputs again for a further state step. **Records cross cores here again**,
     /// to the owner of the new key.
-    pub fn key_by<F, K2, V2>(self, key: F) -> KeyedAgain<Fr, Link<W, StateSpec<K, V, S, I, U>, P, F>, K2, V2>
+    pub fn key_by<F, K2, V2>(
+        self,
+        key: F,
+    ) -> KeyedAgain<Fr, Link<W, StateSpec<K, V, S, I, U>, P, F>, K2, V2>
     where
         F: FnMut(P::Out) -> (K2, V2) + Clone + Send + 'static,
         K2: Key + 'static,
@@ -701,10 +699,7 @@ pub trait App: Clone + Send + 'static {
     /// The sources' front halves.
     type Fronts: Fronts;
     /// The state steps.
-    type Chain: Chain<
-        Key = <Self::Fronts as Fronts>::Key,
-        Value = <Self::Fronts as Fronts>::Value,
-    >;
+    type Chain: Chain<Key = <Self::Fronts as Fronts>::Key, Value = <Self::Fronts as Fronts>::Value>;
     /// Builds one core's running copy (on that core's thread).
     #[doc(hidden)]
     fn build(self) -> (Self::Fronts, Self::Chain);

@@ -94,8 +94,7 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
     let initiator =
         s.ck.as_ref()
             .map(|_| glommio::spawn_local(run_initiator(worker.clone())));
-    let forwarder =
-        (worker.depth > 1).then(|| glommio::spawn_local(run_forwarder(worker.clone())));
+    let forwarder = (worker.depth > 1).then(|| glommio::spawn_local(run_forwarder(worker.clone())));
     let receivers = Rc::new(receivers);
     let drains: Vec<_> = (0..s.cores)
         .filter(|&p| p != index)
@@ -133,9 +132,9 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
                     Some(plan) => (plan.path.clone(), plan.per_core[index].clone()),
                     None => (cfg.path.clone(), Vec::new()),
                 };
-                glommio::spawn_local(async move {
-                    run_file_source(w, source, cfg, path, ranges).await
-                })
+                glommio::spawn_local(
+                    async move { run_file_source(w, source, cfg, path, ranges).await },
+                )
             }
         };
         tasks.push(task);

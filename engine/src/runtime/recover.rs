@@ -112,6 +112,7 @@ pub(crate) fn recover<A: App>(
 }
 
 /// Starts the coordinator for a run and re-shards what `rec` restored onto `router`'s cores.
+#[allow(clippy::too_many_arguments)] // each is a separate input of the run; a struct would only rename them
 pub(crate) fn start_coordinator<A: App>(
     cfg: &Checkpoints,
     ops: CkOps<A::Chain>,
