@@ -6,6 +6,7 @@
 mod support;
 
 mod engine_api;
+mod engine_general;
 mod recovery_e2e;
 mod recovery_engine;
 mod reliability_backpressure;
