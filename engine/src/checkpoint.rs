@@ -3,7 +3,7 @@
 //!
 //! # The protocol (Chandy–Lamport snapshots over the rings)
 //!
-//! Every interval the coordinator thread ([`coordinator`]) asks for checkpoint `id`. A core
+//! Every interval the coordinator thread (`checkpoint/coordinator.rs`) asks for checkpoint `id`. A core
 //! **cuts** for it at the first of: its initiator task seeing the request, or the first
 //! `Barrier(id)` arriving from a peer. The cut is synchronous and is the only pause of the data
 //! path: the core copies its shard out (encoded), notes its file read positions, and sets its
@@ -23,7 +23,7 @@
 //!
 //! # Recovery
 //!
-//! On start, the newest checkpoint whose files all check out is loaded ([`recovery`]), its keys
+//! On start, the newest checkpoint whose files all check out is loaded (`checkpoint/recovery.rs`), its keys
 //! re-hashed onto this run's cores and put in each core's shard, and its logged records applied
 //! on their owner cores (their output was delivered before the checkpoint committed, so it is
 //! not emitted again), all before any input is read. A
@@ -100,27 +100,27 @@ impl Checkpoints {
 
 /// How the engine encodes and decodes the pipeline's state and values: [`Persist`] as plain
 /// functions, so that the runtime needs no `Persist` bound unless checkpoints are on.
-pub(crate) struct Codec<S> {
+pub(crate) struct StateCodec<S> {
     pub restore: fn(&mut &[u8]) -> Option<S>,
 }
 
-impl<S> Clone for Codec<S> {
+impl<S> Clone for StateCodec<S> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<S> Copy for Codec<S> {}
+impl<S> Copy for StateCodec<S> {}
 
-impl<S: Persist> Codec<S> {
+impl<S: Persist> StateCodec<S> {
     pub(crate) fn of() -> Self {
-        Codec {
+        StateCodec {
             restore: <S as Persist>::restore,
         }
     }
 }
 
-impl<S> Codec<S> {
+impl<S> StateCodec<S> {
     /// Decodes one value, which must use all of `bytes`.
     pub(crate) fn decode(&self, mut bytes: &[u8]) -> Option<S> {
         let s = (self.restore)(&mut bytes)?;
@@ -169,7 +169,7 @@ pub fn ids(dir: &Path) -> Result<Vec<u64>, Error> {
 
 /// Reads checkpoint `id` in `dir`, checking every file as a restart does.
 pub fn read<S: Persist>(dir: &Path, id: u64) -> Result<Checkpoint<S>, Error> {
-    let codec = Codec::<S>::of();
+    let codec = StateCodec::<S>::of();
     let cdir = dir.join(format::checkpoint_dir_name(id));
     // Values are not checked here: their type is not known.
     let state = |stage: usize, _: &[u8], b: &[u8]| stage != 0 || codec.decode(b).is_some();
@@ -189,7 +189,7 @@ fn key_text(k: &[u8]) -> String {
     String::from_utf8_lossy(k).into_owned()
 }
 
-fn to_checkpoint<S>(v: &Valid, codec: &Codec<S>) -> Checkpoint<S> {
+fn to_checkpoint<S>(v: &Valid, codec: &StateCodec<S>) -> Checkpoint<S> {
     Checkpoint {
         id: v.manifest.id,
         created: UNIX_EPOCH + Duration::from_millis(v.manifest.created_unix_ms),
@@ -222,7 +222,7 @@ pub fn latest<S: Persist>(dir: &Path) -> Result<Option<Checkpoint<S>>, Error> {
     if !dir.is_dir() {
         return Ok(None);
     }
-    let codec = Codec::<S>::of();
+    let codec = StateCodec::<S>::of();
     let state = |stage: usize, _: &[u8], b: &[u8]| stage != 0 || codec.decode(b).is_some();
     let decoders = Decoders {
         state: &state,

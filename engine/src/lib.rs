@@ -5,17 +5,24 @@
 //! sockets and its own sink connection. Records cross cores only at [`Pipeline::key_by`], to
 //! reach the core that owns their key, in batches over SPSC rings.
 //!
-//! Where to look:
-//! - [`pipeline`]: the API a user writes against (map, flat_map, filter, key_by, state, encode).
-//! - [`runtime`]: starting and stopping an [`Engine`] on N cores.
+//! Where to look (public modules in brackets; the others are internal, named for their job):
+//! - [`pipeline`]: the API a user writes against: a decoder per source (text borrowed from the
+//!   read buffer, or any typed record), map/flat_map/filter, `key_by`, `merge`, state steps,
+//!   chained state steps, encode. `dataflow.rs`: the pipeline as one core runs it.
+//! - [`key`]: what a key may be (any `Hash + Eq`), and its owned, inline form.
+//! - [`runtime`]: starting and stopping an [`Engine`] on N cores (`runtime/core.rs`: one core's
+//!   lifecycle; `runtime/recover.rs`: a run's checkpoint setup).
+//! - `worker.rs`: one core's share: ingest, outboxes, flush, the drains of peers' rings.
 //! - [`routing`]: key hash → owner core, and the batches that cross cores.
-//! - [`state`]: one core's shard of keyed state.
-//! - [`codec`]: the length-prefixed framing, decoded in place.
+//! - [`state`]: one core's shard of one state step's keys.
+//! - [`codec`]: the length-prefixed framing, decoded in place, and the one frame iterator.
 //! - [`source`], [`sink`]: where frames come from and output goes (TCP, a framed file, memory).
-//!   Every source reads through one step (wait for sink room, ingest, log rejects, flush); the
-//!   TCP source is one module over two byte backends (glommio `recv`, io_uring provided buffers).
-//! - [`checkpoint`]: consistent checkpoints of all state, and recovery from them.
-//! - [`metrics`]: per-core counters; [`shutdown`]: how a stop request reaches every task.
+//!   Every source reads through one step (`read_step.rs`: wait for sink room, ingest, log
+//!   rejects, flush); the TCP source (`tcp/`) is one module over two byte backends (glommio
+//!   `recv`, io_uring provided buffers).
+//! - [`checkpoint`]: consistent checkpoints of every state step, and recovery from them; the
+//!   data path calls the hooks of its `checkpoint/participant.rs`.
+//! - [`metrics`]: per-core counters; `shutdown.rs`: how a stop request reaches every task.
 //!
 //! ```
 //! use bettong_engine::{Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};
@@ -54,7 +61,7 @@ pub mod pipeline;
 mod read_step;
 pub mod routing;
 pub mod runtime;
-pub mod shutdown;
+mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod state;

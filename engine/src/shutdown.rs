@@ -46,16 +46,8 @@ impl StopHandle {
 }
 
 /// A one-shot broadcast between the tasks of one core.
-///
-/// ```
-/// use bettong_engine::shutdown::Shutdown;
-/// let s = Shutdown::new();
-/// assert!(!s.is_triggered());
-/// s.trigger();
-/// assert!(s.is_triggered());
-/// ```
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     inner: Rc<Inner>,
 }
 
@@ -93,5 +85,19 @@ impl Shutdown {
                 inner.fired.wait().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shutdown_fires_once_for_every_clone() {
+        let s = Shutdown::new();
+        let other = s.clone();
+        assert!(!other.is_triggered());
+        s.trigger();
+        assert!(other.is_triggered());
     }
 }

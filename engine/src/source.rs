@@ -1,7 +1,7 @@
 //! Sources: where frames come from, and the settings for each kind.
 //!
-//! [`SourceConfig::Tcp`] listens on an address on every core ([`crate::tcp`]);
-//! [`SourceConfig::Memory`] feeds a framed buffer from memory ([`crate::memory`]), for embedding,
+//! [`SourceConfig::Tcp`] listens on an address on every core (`tcp/`);
+//! [`SourceConfig::Memory`] feeds a framed buffer from memory (`memory.rs`), for embedding,
 //! tests and in-process benchmarks. A memory source is finite: the engine stops by itself once
 //! it is consumed and everything is flushed.
 

@@ -51,7 +51,7 @@ pub(crate) struct Contribution {
 }
 
 /// What cores tell the coordinator.
-pub(crate) enum Report {
+pub(crate) enum CoreReport {
     /// The snapshot for checkpoint `id`.
     Snapshot(Contribution),
     /// The core's state at the end of the run. Its sources are finished and so are every peer's
@@ -74,7 +74,7 @@ struct Shared {
 #[derive(Clone)]
 pub(crate) struct Link {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Report>,
+    tx: mpsc::Sender<CoreReport>,
 }
 
 impl Link {
@@ -84,7 +84,7 @@ impl Link {
     }
 
     /// Hands a snapshot to the coordinator (never blocks).
-    pub(crate) fn send(&self, r: Report) {
+    pub(crate) fn send(&self, r: CoreReport) {
         // The coordinator only goes away after every core has finished, or on an aborted
         // start, when nothing is to be written anyway.
         let _ = self.tx.send(r);
@@ -209,7 +209,7 @@ impl Committer {
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Report>) {
+    fn run(mut self, rx: mpsc::Receiver<CoreReport>) {
         let n = self.cfg.cores;
         let mut pending: Option<Pending> = None;
         let mut finals: Vec<Option<Contribution>> = (0..n).map(|_| None).collect();
@@ -220,7 +220,7 @@ impl Committer {
                 None => next_at.saturating_duration_since(Instant::now()),
             };
             let disconnected = match rx.recv_timeout(wait) {
-                Ok(Report::Snapshot(c)) => {
+                Ok(CoreReport::Snapshot(c)) => {
                     match pending.as_mut() {
                         Some(p) if p.id == c.id => {
                             let core = c.core;
@@ -236,7 +236,7 @@ impl Committer {
                     }
                     false
                 }
-                Ok(Report::Final(c)) => {
+                Ok(CoreReport::Final(c)) => {
                     let core = c.core;
                     finals[core] = Some(c);
                     false

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 
-use super::coordinator::{Contribution, Link, Report};
+use super::coordinator::{Contribution, CoreReport, Link};
 use super::cut::CoreCheckpoint;
 use super::format::{entries, push_entry};
 use super::Persist;
@@ -405,7 +405,7 @@ impl<A: App> Participant<A> {
             &m.checkpoint_bytes_last,
             (done.body.len() + done.log.len()) as u64,
         );
-        self.core.link.send(Report::Snapshot(Contribution {
+        self.core.link.send(CoreReport::Snapshot(Contribution {
             core: self.index,
             id: done.id,
             body: done.body,
@@ -433,7 +433,7 @@ impl<A: App> Participant<A> {
         // Every peer is done, so any cut above completed at once; its barriers are dropped.
         while self.core.take_pending().is_some() {}
         let (body, keys) = self.snapshot(worker);
-        self.core.link.send(Report::Final(Contribution {
+        self.core.link.send(CoreReport::Final(Contribution {
             core: self.index,
             id: self.core.last_snapshot() + 1,
             body,

@@ -436,16 +436,16 @@ impl<C> Wrap<C> for Root {
 }
 
 /// An earlier state step, the steps after it and the `key_by` that leads to the next one.
-pub struct Link<W, St, P, F> {
+pub struct Chained<W, St, P, F> {
     outer: W,
     state: St,
     steps: P,
     key: F,
 }
 
-impl<W: Clone, St: Clone, P: Clone, F: Clone> Clone for Link<W, St, P, F> {
+impl<W: Clone, St: Clone, P: Clone, F: Clone> Clone for Chained<W, St, P, F> {
     fn clone(&self) -> Self {
-        Link {
+        Chained {
             outer: self.outer.clone(),
             state: self.state.clone(),
             steps: self.steps.clone(),
@@ -454,7 +454,7 @@ impl<W: Clone, St: Clone, P: Clone, F: Clone> Clone for Link<W, St, P, F> {
     }
 }
 
-impl<C, W, K, V, S, I, U, P, F> Wrap<C> for Link<W, StateSpec<K, V, S, I, U>, P, F>
+impl<C, W, K, V, S, I, U, P, F> Wrap<C> for Chained<W, StateSpec<K, V, S, I, U>, P, F>
 where
     C: Chain,
     K: ?Sized + Key + 'static,
@@ -573,7 +573,7 @@ where
     pub fn key_by<F, K2, V2>(
         self,
         key: F,
-    ) -> KeyedAgain<Fr, Link<W, StateSpec<K, V, S, I, U>, P, F>, K2, V2>
+    ) -> KeyedAgain<Fr, Chained<W, StateSpec<K, V, S, I, U>, P, F>, K2, V2>
     where
         F: FnMut(P::Out) -> (K2, V2) + Clone + Send + 'static,
         K2: Key + 'static,
@@ -581,7 +581,7 @@ where
     {
         KeyedAgain {
             fronts: self.fronts,
-            outer: Link {
+            outer: Chained {
                 outer: self.outer,
                 state: self.state,
                 steps: self.steps,

@@ -1,6 +1,6 @@
 //! The runtime: start one pinned glommio executor per core, wire them together, run a pipeline,
-//! stop it. This file is the engine builder and its handles; [`core`] is one core's lifecycle
-//! and [`recover`] the checkpoint setup of a run.
+//! stop it. This file is the engine builder and its handles; `core.rs` is one core's lifecycle
+//! and `recover.rs` the checkpoint setup of a run.
 //!
 //! Each core joins a full mesh of SPSC rings (glommio's `MeshBuilder::full`), so every pair of
 //! cores has a ring in each direction; its index in the mesh (`Senders::peer_id`) is its shard
