@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bettong_engine::sink::Records;
 use bettong_engine::{
     Checkpoints, Engine, FileSourceConfig, IoBackend, MetricsSnapshot, PersistApp, Report, Running,
     SinkConfig, SourceConfig, TcpSinkConfig, TcpSourceConfig,
@@ -131,8 +132,13 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
             (name, SourceConfig::Tcp(tcp_source(opts, input)?))
         }
     };
-    let running = start_app(opts, crate::app::word_count(), vec![source])
-        .with_context(|| format!("starting the word-count server on {}", opts.input))?;
+    let running = start_app(
+        opts,
+        crate::app::word_count(),
+        vec![source],
+        Records::Delimited(b'\n'),
+    )
+    .with_context(|| format!("starting the word-count server on {}", opts.input))?;
     match running.local_addr() {
         Some(addr) => tracing::info!(
             source = name.as_deref().unwrap_or("-"),
@@ -164,11 +170,13 @@ pub fn tcp_source(opts: &ServeOptions, addr: SocketAddr) -> Result<TcpSourceConf
 }
 
 /// Starts any app with the given sources (in the app's source order) and the TCP sink on
-/// `--out`, with checkpoints when `--resilience-dir` is set. Shared by every server command.
+/// `--out` (whose output divides into `records`), with checkpoints when `--resilience-dir` is
+/// set. Shared by every server command.
 pub fn start_app<A: PersistApp>(
     opts: &ServeOptions,
     app: A,
     sources: Vec<SourceConfig>,
+    records: Records,
 ) -> Result<Running> {
     let output = resolve(&opts.output, "--out")?;
     let mut engine = Engine::new();
@@ -178,6 +186,7 @@ pub fn start_app<A: PersistApp>(
     let mut sink = TcpSinkConfig::new(output);
     sink.max_held_bytes = opts.limits.sink_buffer;
     sink.shutdown_grace = opts.limits.shutdown_grace;
+    sink.records = records;
     let sink = SinkConfig::Tcp(sink);
     let running = match &opts.resilience_dir {
         Some(dir) => {

@@ -56,13 +56,61 @@ pub struct TcpSinkConfig {
     /// core's output memory while the receiver is slow, stalled or away. One chunk larger than
     /// this (the output of one read or batch) still goes through, alone.
     pub max_held_bytes: usize,
-    /// The byte that ends every output record (`\n` for line-oriented output such as word
-    /// count's), or None. When a connection breaks in the middle of a record, the writer sends
-    /// that whole record again on the next connection, so the receiver never sees a record
-    /// spliced from two halves; complete records already written into the broken connection are
-    /// not sent again (they are counted in `sink_bytes_at_risk`). With None, the next connection
-    /// goes on from the first byte not yet written.
-    pub record_end: Option<u8>,
+    /// Where output records end. When a connection breaks in the middle of a record, the
+    /// writer sends that whole record again on the next connection, so the receiver never sees
+    /// a record spliced from two halves; complete records already written into the broken
+    /// connection are not sent again (they are counted in `sink_bytes_at_risk`).
+    pub records: Records,
+}
+
+/// How a sink's output divides into records (see [`TcpSinkConfig::records`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// Each record ends with this byte (`\n` for line-oriented output such as word count's).
+    Delimited(u8),
+    /// Each record is a frame: a 4-byte big-endian length, then that many bytes (Market
+    /// Spread's results).
+    Framed,
+    /// No records: after a break, the next connection goes on from the first byte not yet
+    /// written.
+    Bytes,
+}
+
+impl Records {
+    /// How many of the first `pos` bytes of `chunk` (which starts at a record boundary) belong
+    /// to the record that `pos` cuts: 0 when `pos` is at a boundary.
+    ///
+    /// ```
+    /// use bettong_engine::sink::Records;
+    /// assert_eq!(Records::Delimited(b'\n').cut(b"ab\ncd\n", 4), 1);
+    /// let framed = [0, 0, 0, 1, b'x', 0, 0, 0, 2, b'y', b'z'];
+    /// assert_eq!(Records::Framed.cut(&framed, 5), 0);
+    /// assert_eq!(Records::Framed.cut(&framed, 7), 2);
+    /// assert_eq!(Records::Bytes.cut(&framed, 7), 0);
+    /// ```
+    pub fn cut(self, chunk: &[u8], pos: usize) -> usize {
+        match self {
+            Records::Delimited(end) => {
+                pos - chunk[..pos]
+                    .iter()
+                    .rposition(|&b| b == end)
+                    .map_or(0, |i| i + 1)
+            }
+            Records::Framed => {
+                let mut start = 0;
+                for f in crate::codec::frames(chunk) {
+                    let Ok(f) = f else { break };
+                    let end = f.end();
+                    if end > pos {
+                        break;
+                    }
+                    start = end;
+                }
+                pos - start
+            }
+            Records::Bytes => 0,
+        }
+    }
 }
 
 /// The default [`TcpSinkConfig::max_held_bytes`]: 4 MiB per core.
@@ -78,7 +126,7 @@ impl TcpSinkConfig {
             max_backoff: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             max_held_bytes: DEFAULT_MAX_HELD_BYTES,
-            record_end: Some(b'\n'),
+            records: Records::Delimited(b'\n'),
         }
     }
 }
@@ -359,15 +407,7 @@ pub(crate) async fn run_tcp_sink(
                 }
                 Wrote::Failed(e) => {
                     // Rewind to the start of the record the break cut, if any.
-                    let cut = match cfg.record_end {
-                        Some(end) => {
-                            pos - bytes[..pos]
-                                .iter()
-                                .rposition(|&b| b == end)
-                                .map_or(0, |i| i + 1)
-                        }
-                        None => 0,
-                    };
+                    let cut = cfg.records.cut(&bytes, pos);
                     link.broke(m, e, cut);
                     pos -= cut;
                 }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
+use bettong_engine::sink::Records;
 use bettong_engine::{Running, SourceConfig};
 
 use super::app::market_spread;
@@ -57,7 +58,7 @@ pub fn start(opts: &ServeOptions) -> Result<Running> {
         SourceConfig::Tcp(tcp_source(opts, orders)?),
         SourceConfig::Tcp(tcp_source(opts, nbbo)?),
     ];
-    let running = start_app(opts, market_spread(), sources)
+    let running = start_app(opts, market_spread(), sources, Records::Framed)
         .with_context(|| format!("starting the Market Spread server on {}", opts.input))?;
     tracing::info!(
         "Market Spread: Orders on {}, Nbbo on {}, {} cores (CPUs {:?}); results to {}",
