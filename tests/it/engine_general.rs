@@ -373,3 +373,114 @@ fn checkpoints_restore_every_step_of_a_chain() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A receiver that accepts `conns` connections and reads nothing until told to, then reads
+/// everything: a stalled, then recovered, sink.
+fn stalled_receiver(
+    conns: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(8).unwrap();
+    let listener: std::net::TcpListener = sock.into();
+    let addr = listener.local_addr().unwrap();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let streams: Vec<_> = (0..conns).map(|_| listener.accept().unwrap().0).collect();
+        wait.recv().unwrap();
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                std::thread::spawn(move || {
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut s, &mut all).unwrap();
+                    all
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .flat_map(|r| r.join().unwrap())
+            .collect()
+    });
+    (addr, go, reader)
+}
+
+#[test]
+fn a_chain_stops_reading_while_its_sink_is_stalled_and_loses_nothing() {
+    use bettong_engine::TcpSinkConfig;
+    let n = cores();
+    let frames: Vec<String> = text_frames(120_000);
+    let words: Vec<&str> = frames
+        .iter()
+        .flat_map(|f| f.split(' '))
+        .filter(|w| !w.is_empty())
+        .collect();
+    // Long output lines, so the stalled sink fills long before the input is read.
+    let pipeline = Pipeline::text()
+        .flat_map(|t, emit| {
+            t.split(' ')
+                .filter(|w| !w.is_empty())
+                .for_each(|w| emit(w.into()))
+        })
+        .key_by(|w| (w, ()))
+        .state(|_w: &str, c: &mut u64, ()| {
+            *c += 1;
+            Some(*c)
+        })
+        .key_by(|c: u64| (c, ()))
+        .state(|_c: &u64, r: &mut u64, ()| {
+            *r += 1;
+            Some(*r)
+        })
+        .encode(|c, r, out| out.extend_from_slice(format!("{c} {r} {:>90}\n", "").as_bytes()));
+    let (addr, go, reader) = stalled_receiver(n);
+    let mut sink = TcpSinkConfig::new(addr);
+    sink.max_held_bytes = 64 * 1024;
+    let running = Engine::new()
+        .cores(n)
+        .ring_capacity(2)
+        .start(
+            pipeline,
+            SourceConfig::Memory(MemorySource::from_frames(&frames).slice_bytes(1024)),
+            SinkConfig::Tcp(sink),
+        )
+        .unwrap();
+    // While the receiver reads nothing, the sources must stop: input stops being taken.
+    let taken = || running.metrics().total().records_in;
+    let mut last = u64::MAX;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = taken();
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(std::time::Instant::now() < deadline, "input never stopped");
+    }
+    assert!(
+        last < words.len() as u64 / 2,
+        "the engine took {last} of {} words while its sink read nothing",
+        words.len()
+    );
+    go.send(()).unwrap();
+    let report = running.join().unwrap();
+    let out = reader.join().unwrap();
+    let lines = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut p = std::str::from_utf8(l).unwrap().split_whitespace();
+            format!("{} {}", p.next().unwrap(), p.next().unwrap())
+        });
+    assert_eq!(report.total().records_in, words.len() as u64);
+    assert_eq!(last_per_key(lines), reached(&words));
+}
