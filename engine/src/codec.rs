@@ -33,7 +33,7 @@ impl fmt::Display for FrameTooLarge {
         write!(
             f,
             "frame header announces {} bytes, above the maximum frame size of {} bytes \
-             (raise it with --max-frame if such frames are legitimate)",
+             (raise the maximum if such frames are legitimate)",
             self.len, self.max
         )
     }

@@ -102,8 +102,8 @@ pub(crate) fn plan(
                 return Err(Error::Io {
                     what: format!("resuming file:{shown}"),
                     source: io::Error::other(format!(
-                        "the checkpoint was taken reading {}, not {}: resume with the same --in \
-                         file, or start over with an empty checkpoint directory",
+                        "the checkpoint was taken reading {}, not {}: resume with the same \
+                         input file, or start over with an empty checkpoint directory",
                         old.display(),
                         path.display()
                     )),

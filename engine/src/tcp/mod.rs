@@ -230,7 +230,7 @@ async fn serve<A: App, L: Accept>(
                     core,
                     %peer,
                     "core {core}: refusing connection from {peer}: the core already has {} open \
-                     (--max-connections-per-core); closed unread{}",
+                     (the per-core connection limit); closed unread{}",
                     cfg.max_connections_per_core,
                     LogLimit::note(held_back)
                 );
@@ -393,7 +393,7 @@ fn report_end<A: App>(
                     core,
                     %peer,
                     "core {core}: closing connection from {peer}: it sent {partial} bytes of a \
-                     frame and then nothing for {:?} (the idle timeout, --idle-timeout); that \
+                     frame and then nothing for {:?} (the idle timeout); that \
                      partial frame is dropped{}",
                     cfg.idle_timeout,
                     LogLimit::note(held_back)
