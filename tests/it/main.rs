@@ -7,6 +7,8 @@ mod support;
 
 mod engine_api;
 mod engine_general;
+mod market_spread_bench;
+mod market_spread_e2e;
 mod recovery_e2e;
 mod recovery_engine;
 mod reliability_backpressure;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub mod check;
 pub mod corpus;
+pub mod market;
 pub mod memory;
 pub mod net;
 pub mod receiver;
