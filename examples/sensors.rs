@@ -1,8 +1,11 @@
 //! A second app on the same engine: a running average temperature per sensor.
 //!
-//! This example exists to show that the pipeline API is not tied to word count. Frames hold
-//! several readings, one per line (`sensor-17 21.5`); bad readings are dropped with `filter`;
-//! readings are keyed by sensor id; the state is `(sum, count)`; every reading emits
+//! This example exists to show that the pipeline API is not tied to word count or to text.
+//! Frames hold several readings, one per line (`sensor-17 21.5`). A typed pipeline
+//! (`Pipeline::decode`) parses each frame **once** into `Reading` structs (unparsable lines are
+//! skipped; a frame that is not UTF-8 is rejected whole, with a reason the engine counts and
+//! logs); out-of-range readings are dropped with `filter`; readings are keyed by the sensor's
+//! number (an owned `u32` key); the state is `(sum, count)`; every reading emits
 //! `sensor-17 avg=21.50 n=3`. It runs twice: once to completion with `Engine::run`, and once
 //! with `Engine::start`, watching live metrics and stopping it from code.
 //!
@@ -10,38 +13,63 @@
 //! cargo run --release --example sensors
 //! ```
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use bettong_engine::{online_cpus, App, Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};
+use bettong_engine::{
+    online_cpus, App, DecodeError, Engine, MemorySource, Pipeline, SinkConfig, SourceConfig,
+};
 
 const SENSORS: u64 = 8;
 
-/// `sensor-<id> <celsius>` with a plausible temperature, or `None` for a bad reading.
-fn parse(line: &str) -> Option<(&str, f64)> {
-    let (id, value) = line.split_once(' ')?;
-    let celsius: f64 = value.parse().ok()?;
-    (id.starts_with("sensor-") && (-50.0..=60.0).contains(&celsius)).then_some((id, celsius))
+/// One reading, parsed once, on the core that read its frame.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    sensor: u32,
+    celsius: f64,
+}
+
+impl Reading {
+    /// `sensor-<id> <celsius>`, or `None` for a line that does not say that.
+    fn parse(line: &str) -> Option<Reading> {
+        let (id, value) = line.split_once(' ')?;
+        Some(Reading {
+            sensor: id.strip_prefix("sensor-")?.parse().ok()?,
+            celsius: value.parse().ok()?,
+        })
+    }
+
+    /// A plausible temperature.
+    fn plausible(&self) -> bool {
+        (-50.0..=60.0).contains(&self.celsius)
+    }
+}
+
+/// A frame's readings. Only a frame that is not text is rejected (the engine counts it in
+/// `frames_rejected`); unparsable lines inside a good frame are skipped.
+fn decode(frame: &[u8]) -> Result<Vec<Reading>, DecodeError> {
+    let text = std::str::from_utf8(frame)?;
+    Ok(text.lines().filter_map(Reading::parse).collect())
 }
 
 fn running_average() -> impl App {
-    Pipeline::text()
-        // One frame, several readings: emit each line. Runs on the core that read the frame.
-        .flat_map(|frame, emit| frame.lines().for_each(|l| emit(Cow::Borrowed(l))))
-        .filter(|line| parse(line).is_some())
-        // Key = sensor id, value = the reading. Readings cross to the core owning their sensor.
-        // The key is a slice of the item: the engine copies it only if it must travel.
-        .key_by(|line| parse(line).expect("filtered above"))
+    Pipeline::decode(decode)
+        // One frame, several readings: emit each. Runs on the core that read the frame.
+        .flat_map(|readings: Vec<Reading>, emit| readings.into_iter().for_each(emit))
+        .filter(Reading::plausible)
+        // Key = sensor number, value = the reading. Readings cross to the core owning their
+        // sensor here, and nowhere else.
+        .key_by(|r: Reading| (r.sensor, r.celsius))
         // On the owner core: one (sum, count) per sensor, created as (0.0, 0).
-        .state(|_id: &str, (sum, n): &mut (f64, u64), celsius: f64| {
+        .state(|_sensor: &u32, (sum, n): &mut (f64, u64), celsius: f64| {
             *sum += celsius;
             *n += 1;
             Some((*sum / *n as f64, *n))
         })
-        .encode(|id, (avg, n), out| {
-            writeln!(out, "{id} avg={avg:.2} n={n}").expect("writing to a Vec cannot fail")
+        .encode(|sensor, (avg, n), out| {
+            writeln!(out, "sensor-{sensor} avg={avg:.2} n={n}")
+                .expect("writing to a Vec cannot fail")
         })
 }
 
@@ -95,7 +123,7 @@ fn main() -> Result<(), bettong_engine::Error> {
     }
     let t = report.total();
     println!(
-        "{} readings kept, {} outputs ({} lines filtered out)\n",
+        "{} readings kept, {} outputs ({} lines unparsable or implausible)\n",
         t.records_in,
         t.outputs,
         frames.len() * 5 - t.records_in as usize

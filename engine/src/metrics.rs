@@ -2,8 +2,17 @@
 //!
 //! Each core owns one [`CoreMetrics`] and is its only writer. The hot path counts into plain
 //! local variables and publishes them with one relaxed atomic add per read or per batch, so the
-//! counters cost nothing per word. Readers (the bench, the server's periodic log, tests) take a
-//! [`MetricsSnapshot`] at any time.
+//! counters cost nothing per word. Readers (a [`Running`](crate::Running) engine's caller, the
+//! bench, the server's `stopped` line and final log, tests) take a [`MetricsSnapshot`] at any
+//! time; nothing in the engine logs them on its own.
+//!
+//! Summing snapshots over cores ([`Metrics::total`], `+=`) follows one rule per kind of field:
+//! - counters (`frames_in`, `outputs`, …, `checkpoint_pause_us_total`) and size gauges (`keys`,
+//!   `state_bytes`, `checkpoint_in_flight_last`, `checkpoint_bytes_last`) **add up**, so the
+//!   total is the engine's: every key held, the whole last checkpoint's bytes;
+//! - gauges ending in `_max` (the longest pause so far) and durations ending in `_us_last` (the
+//!   pause at the last checkpoint) take the **maximum** over cores: cores pause side by side,
+//!   so the engine's longest pause is the longest core's, not the sum.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,7 +30,8 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: AtomicU64, )*
         }
 
-        /// A plain copy of one core's counters (or their sum over cores).
+        /// A plain copy of one core's counters, or their total over cores (`+=`: see the
+        /// [module docs](self) for which fields add up and which take the maximum).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct MetricsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*
@@ -34,9 +44,17 @@ macro_rules! counters {
             }
         }
 
+        /// Combines another core's snapshot into this total: `_max` gauges and `_us_last`
+        /// durations take the maximum, every other field adds up (see the module docs).
         impl std::ops::AddAssign for MetricsSnapshot {
             fn add_assign(&mut self, o: Self) {
-                $( self.$name += o.$name; )*
+                $(
+                    self.$name = if takes_max(stringify!($name)) {
+                        self.$name.max(o.$name)
+                    } else {
+                        self.$name + o.$name
+                    };
+                )*
             }
         }
 
@@ -55,6 +73,28 @@ macro_rules! counters {
     };
 }
 
+/// True for the fields whose total over cores is their maximum, not their sum: gauges named
+/// `*_max` and durations named `*_us_last`.
+const fn takes_max(name: &str) -> bool {
+    let b = name.as_bytes();
+    ends_with(b, b"_max") || ends_with(b, b"_us_last")
+}
+
+const fn ends_with(s: &[u8], suffix: &[u8]) -> bool {
+    if s.len() < suffix.len() {
+        return false;
+    }
+    let off = s.len() - suffix.len();
+    let mut i = 0;
+    while i < suffix.len() {
+        if s[off + i] != suffix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 counters! {
     /// Connections accepted by this core's listener.
     connections_accepted,
@@ -68,7 +108,7 @@ counters! {
     connections_idle_closed,
     /// Frames decoded (valid or not).
     frames_in,
-    /// Frames rejected whole because their payload was not valid UTF-8.
+    /// Frames rejected whole by the pipeline's decoder (for a text pipeline: not valid UTF-8).
     frames_rejected,
     /// Bytes read from sources.
     bytes_in,
@@ -76,7 +116,7 @@ counters! {
     records_in,
     /// Records whose key this core owns: applied here without crossing a ring.
     records_local,
-    /// Records copied into a batch for another core.
+    /// Records moved into a batch for another core, at any `key_by` of the pipeline.
     records_routed,
     /// Batches sent to other cores.
     batches_sent,
@@ -88,9 +128,9 @@ counters! {
     outputs,
     /// Bytes written to the sink.
     bytes_out,
-    /// Distinct keys held in this core's shard.
+    /// Distinct keys held in this core's shards (of every state step).
     keys,
-    /// Approximate heap bytes of this core's shard.
+    /// Approximate heap bytes of this core's shards (of every state step).
     state_bytes,
     /// Times the sink connection was (re)established.
     sink_connects,
@@ -245,12 +285,82 @@ impl Metrics {
         self.cores.iter().map(CoreMetrics::snapshot).collect()
     }
 
-    /// The sum over all cores.
+    /// The total over all cores: counters and sizes summed, `_max` gauges and `_us_last`
+    /// durations the maximum (see the module docs).
     pub fn total(&self) -> MetricsSnapshot {
         let mut t = MetricsSnapshot::default();
         for c in self.cores.iter() {
             t += c.snapshot();
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_counters_and_sizes_but_take_the_max_of_max_gauges_and_pauses() {
+        let a = MetricsSnapshot {
+            frames_in: 10,
+            keys: 3,
+            state_bytes: 300,
+            checkpoints: 2,
+            checkpoint_pause_us_last: 40,
+            checkpoint_pause_us_max: 900,
+            checkpoint_pause_us_total: 1000,
+            checkpoint_in_flight_last: 5,
+            checkpoint_bytes_last: 64,
+            ..MetricsSnapshot::default()
+        };
+        let b = MetricsSnapshot {
+            frames_in: 7,
+            keys: 4,
+            state_bytes: 100,
+            checkpoints: 2,
+            checkpoint_pause_us_last: 70,
+            checkpoint_pause_us_max: 500,
+            checkpoint_pause_us_total: 600,
+            checkpoint_in_flight_last: 1,
+            checkpoint_bytes_last: 36,
+            ..MetricsSnapshot::default()
+        };
+        let mut t = MetricsSnapshot::default();
+        t += a;
+        t += b;
+        // Counters and sizes add up.
+        assert_eq!(t.frames_in, 17);
+        assert_eq!(t.keys, 7);
+        assert_eq!(t.state_bytes, 400);
+        assert_eq!(t.checkpoints, 4);
+        assert_eq!(t.checkpoint_pause_us_total, 1600);
+        assert_eq!(t.checkpoint_in_flight_last, 6);
+        assert_eq!(t.checkpoint_bytes_last, 100);
+        // Pauses happen side by side on the cores: the longest one, not a sum.
+        assert_eq!(t.checkpoint_pause_us_max, 900);
+        assert_eq!(t.checkpoint_pause_us_last, 70);
+    }
+
+    #[test]
+    fn metrics_total_follows_the_same_rule() {
+        let m = Metrics::new(2);
+        CoreMetrics::add(&m.core(0).outputs, 2);
+        CoreMetrics::add(&m.core(1).outputs, 3);
+        CoreMetrics::set(&m.core(0).checkpoint_pause_us_max, 8);
+        CoreMetrics::set(&m.core(1).checkpoint_pause_us_max, 5);
+        let t = m.total();
+        assert_eq!(t.outputs, 5);
+        assert_eq!(t.checkpoint_pause_us_max, 8);
+    }
+
+    #[test]
+    fn only_max_gauges_and_pause_durations_take_the_max() {
+        assert!(takes_max("checkpoint_pause_us_max"));
+        assert!(takes_max("checkpoint_pause_us_last"));
+        assert!(!takes_max("checkpoint_bytes_last"));
+        assert!(!takes_max("checkpoint_in_flight_last"));
+        assert!(!takes_max("checkpoint_pause_us_total"));
+        assert!(!takes_max("keys"));
     }
 }
