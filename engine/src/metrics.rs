@@ -26,8 +26,8 @@ macro_rules! counters {
         /// One core's live counters. Written only by that core; read by anyone.
         #[derive(Debug, Default)]
         #[repr(align(128))]
-        pub struct CoreMetrics {
-            $( $(#[$doc])* pub $name: AtomicU64, )*
+        pub(crate) struct CoreMetrics {
+            $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
         }
 
         /// A plain copy of one core's counters, or their total over cores (`+=`: see the
@@ -39,7 +39,7 @@ macro_rules! counters {
 
         impl CoreMetrics {
             /// Reads every counter.
-            pub fn snapshot(&self) -> MetricsSnapshot {
+            pub(crate) fn snapshot(&self) -> MetricsSnapshot {
                 MetricsSnapshot { $( $name: self.$name.load(Relaxed), )* }
             }
         }
@@ -159,7 +159,7 @@ counters! {
 impl CoreMetrics {
     /// Adds `n` to a counter. Only the owning core calls this.
     #[inline]
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n != 0 {
             counter.fetch_add(n, Relaxed);
         }
@@ -167,7 +167,7 @@ impl CoreMetrics {
 
     /// Sets a gauge. Only the owning core calls this.
     #[inline]
-    pub fn set(counter: &AtomicU64, n: u64) {
+    pub(crate) fn set(counter: &AtomicU64, n: u64) {
         counter.store(n, Relaxed);
     }
 }
@@ -177,7 +177,7 @@ impl CoreMetrics {
 /// sink. Recorded once per output chunk (not per record), so the lock is off the per-record path
 /// and uncontended except while someone takes a snapshot.
 #[derive(Debug)]
-pub struct LatencyRecorder {
+pub(crate) struct LatencyRecorder {
     hist: Mutex<Histogram<u64>>,
 }
 
@@ -196,7 +196,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 impl LatencyRecorder {
     /// Records the time from `born` until now.
-    pub fn record(&self, born: Instant) {
+    pub(crate) fn record(&self, born: Instant) {
         let us = born.elapsed().as_micros().clamp(1, 3_600_000_000) as u64;
         if let Ok(mut h) = self.hist.lock() {
             let _ = h.record(us);
@@ -205,26 +205,43 @@ impl LatencyRecorder {
 }
 
 /// Checkpoints as the coordinator sees them (engine-wide, zero when checkpoints are off).
+///
+/// Written only by the engine; [`Metrics::checkpoint_stats`] gives a plain copy.
 #[derive(Debug, Default)]
-pub struct CheckpointMetrics {
+pub(crate) struct CheckpointMetrics {
+    pub(crate) committed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) last_id: AtomicU64,
+    pub(crate) last_unix_ms: AtomicU64,
+    pub(crate) last_pause_us: AtomicU64,
+    pub(crate) max_pause_us: AtomicU64,
+    pub(crate) last_commit_us: AtomicU64,
+    pub(crate) last_bytes: AtomicU64,
+    pub(crate) restored_id: AtomicU64,
+}
+
+/// Checkpoints as the coordinator sees them (engine-wide, zero when checkpoints are off): a
+/// plain copy, from [`Metrics::checkpoint_stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointStats {
     /// Checkpoints committed by this run (the final one included).
-    pub committed: AtomicU64,
+    pub committed: u64,
     /// Checkpoints that failed to commit (I/O errors, a sink that never took the output).
-    pub failed: AtomicU64,
+    pub failed: u64,
     /// Id of the last committed checkpoint.
-    pub last_id: AtomicU64,
+    pub last_id: u64,
     /// When the last committed checkpoint was asked for, in ms since the Unix epoch.
-    pub last_unix_ms: AtomicU64,
+    pub last_unix_ms: u64,
     /// The longest pause of any core in the last committed checkpoint (µs).
-    pub last_pause_us: AtomicU64,
+    pub last_pause_us: u64,
     /// The longest pause of any core in any checkpoint of this run (µs).
-    pub max_pause_us: AtomicU64,
+    pub max_pause_us: u64,
     /// Time to write and commit the last checkpoint once every snapshot was in (µs).
-    pub last_commit_us: AtomicU64,
+    pub last_commit_us: u64,
     /// Bytes of the last committed checkpoint's shard files.
-    pub last_bytes: AtomicU64,
+    pub last_bytes: u64,
     /// Id of the checkpoint this run restored from (0: none).
-    pub restored_id: AtomicU64,
+    pub restored_id: u64,
 }
 
 /// Every core's metrics, shared between the cores and whoever watches them.
@@ -237,7 +254,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Zeroed metrics for `cores` cores.
-    pub fn new(cores: usize) -> Self {
+    pub(crate) fn new(cores: usize) -> Self {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             latency: (0..cores).map(|_| LatencyRecorder::default()).collect(),
@@ -246,12 +263,28 @@ impl Metrics {
     }
 
     /// Engine-wide checkpoint counters (per-core pauses are in each core's counters).
-    pub fn checkpoints(&self) -> &CheckpointMetrics {
+    pub(crate) fn checkpoints(&self) -> &CheckpointMetrics {
         &self.checkpoints
     }
 
+    /// A copy of the engine-wide checkpoint counters.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        let c = &self.checkpoints;
+        CheckpointStats {
+            committed: c.committed.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            last_id: c.last_id.load(Relaxed),
+            last_unix_ms: c.last_unix_ms.load(Relaxed),
+            last_pause_us: c.last_pause_us.load(Relaxed),
+            max_pause_us: c.max_pause_us.load(Relaxed),
+            last_commit_us: c.last_commit_us.load(Relaxed),
+            last_bytes: c.last_bytes.load(Relaxed),
+            restored_id: c.restored_id.load(Relaxed),
+        }
+    }
+
     /// Core `i`'s latency recorder.
-    pub fn latency(&self, i: usize) -> &LatencyRecorder {
+    pub(crate) fn latency(&self, i: usize) -> &LatencyRecorder {
         &self.latency[i]
     }
 
@@ -276,7 +309,7 @@ impl Metrics {
     }
 
     /// Core `i`'s counters.
-    pub fn core(&self, i: usize) -> &CoreMetrics {
+    pub(crate) fn core(&self, i: usize) -> &CoreMetrics {
         &self.cores[i]
     }
 
