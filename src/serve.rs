@@ -341,69 +341,9 @@ pub fn stopped_line(report: &Report) -> String {
     line
 }
 
-/// Appends `m` as a JSON object of its counters. The destructuring names every field, so a
-/// counter added to the engine fails to compile here until it is added to the JSON too.
+/// Appends `m` as a JSON object of its counters, every one of them, in the snapshot's order.
 fn push_snapshot(out: &mut String, m: &MetricsSnapshot) {
-    let MetricsSnapshot {
-        connections_accepted,
-        connections_oversized,
-        connections_truncated,
-        connections_refused,
-        connections_idle_closed,
-        frames_in,
-        frames_rejected,
-        bytes_in,
-        records_in,
-        records_local,
-        records_routed,
-        batches_sent,
-        ring_full_stalls,
-        records_applied,
-        outputs,
-        bytes_out,
-        keys,
-        state_bytes,
-        sink_connects,
-        sink_connect_failures,
-        sink_bytes_at_risk,
-        sink_bytes_dropped,
-        checkpoints,
-        checkpoint_pause_us_last,
-        checkpoint_pause_us_max,
-        checkpoint_pause_us_total,
-        checkpoint_in_flight_last,
-        checkpoint_bytes_last,
-    } = *m;
-    let fields = [
-        ("connections_accepted", connections_accepted),
-        ("connections_oversized", connections_oversized),
-        ("connections_truncated", connections_truncated),
-        ("connections_refused", connections_refused),
-        ("connections_idle_closed", connections_idle_closed),
-        ("frames_in", frames_in),
-        ("frames_rejected", frames_rejected),
-        ("bytes_in", bytes_in),
-        ("records_in", records_in),
-        ("records_local", records_local),
-        ("records_routed", records_routed),
-        ("batches_sent", batches_sent),
-        ("ring_full_stalls", ring_full_stalls),
-        ("records_applied", records_applied),
-        ("outputs", outputs),
-        ("bytes_out", bytes_out),
-        ("keys", keys),
-        ("state_bytes", state_bytes),
-        ("sink_connects", sink_connects),
-        ("sink_connect_failures", sink_connect_failures),
-        ("sink_bytes_at_risk", sink_bytes_at_risk),
-        ("sink_bytes_dropped", sink_bytes_dropped),
-        ("checkpoints", checkpoints),
-        ("checkpoint_pause_us_last", checkpoint_pause_us_last),
-        ("checkpoint_pause_us_max", checkpoint_pause_us_max),
-        ("checkpoint_pause_us_total", checkpoint_pause_us_total),
-        ("checkpoint_in_flight_last", checkpoint_in_flight_last),
-        ("checkpoint_bytes_last", checkpoint_bytes_last),
-    ];
+    let fields = m.fields();
     out.push('{');
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {

@@ -37,6 +37,14 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
+        impl MetricsSnapshot {
+            /// Every counter with its name, in declaration order (for exporters: JSON lines,
+            /// Prometheus).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+
         impl CoreMetrics {
             /// Reads every counter.
             pub(crate) fn snapshot(&self) -> MetricsSnapshot {

@@ -224,6 +224,11 @@ fn merged_sources_with_their_own_decoders_feed_one_state_step() {
 
 /// Word count, then a second state step keyed by the count: how many words reached it.
 fn two_step_pipeline() -> impl bettong_engine::PersistApp {
+    two_step_pipeline_padded(0)
+}
+
+/// [`two_step_pipeline`] whose output lines end with `pad` spaces.
+fn two_step_pipeline_padded(pad: usize) -> impl bettong_engine::PersistApp {
     Pipeline::text()
         .flat_map(|t, emit| {
             t.split(' ')
@@ -240,7 +245,9 @@ fn two_step_pipeline() -> impl bettong_engine::PersistApp {
             *reached += 1;
             Some(*reached)
         })
-        .encode(|n, reached, out| out.extend_from_slice(format!("{n} {reached}\n").as_bytes()))
+        .encode(move |n, reached, out| {
+            out.extend_from_slice(format!("{n} {reached}{:pad$}\n", "").as_bytes())
+        })
 }
 
 /// For each count c: how many distinct words occur at least c times.
@@ -424,23 +431,7 @@ fn a_chain_stops_reading_while_its_sink_is_stalled_and_loses_nothing() {
         .filter(|w| !w.is_empty())
         .collect();
     // Long output lines, so the stalled sink fills long before the input is read.
-    let pipeline = Pipeline::text()
-        .flat_map(|t, emit| {
-            t.split(' ')
-                .filter(|w| !w.is_empty())
-                .for_each(|w| emit(w.into()))
-        })
-        .key_by(|w| (w, ()))
-        .state(|_w: &str, c: &mut u64, ()| {
-            *c += 1;
-            Some(*c)
-        })
-        .key_by(|c: u64| (c, ()))
-        .state(|_c: &u64, r: &mut u64, ()| {
-            *r += 1;
-            Some(*r)
-        })
-        .encode(|c, r, out| out.extend_from_slice(format!("{c} {r} {:>90}\n", "").as_bytes()));
+    let pipeline = two_step_pipeline_padded(90);
     let (addr, go, reader) = stalled_receiver(n);
     let mut sink = TcpSinkConfig::new(addr);
     sink.max_held_bytes = 64 * 1024;
