@@ -1,4 +1,6 @@
-//! The command line: `bettong [serve|send|receive|demo|bench|market-gen]`, parsed with clap.
+//! The command line: `bettong [serve|market-spread|send|receive|demo|bench|market-gen]`,
+//! parsed with clap. With no subcommand, `bettong` runs a short loopback bench
+//! ([`BenchArgs::default_run`]).
 //!
 //! Each subcommand maps onto one module's options struct, so the binary stays a thin layer.
 
@@ -9,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::serve::ServeLimits;
 
-/// Bettong: a thread-per-core stream-processing engine, serving Wallaroo's word count.
+/// Bettong: a thread-per-core stream-processing engine, serving Wallaroo's word count and
+/// Market Spread.
 ///
 /// With no subcommand it runs a short benchmark on loopback and prints the table.
 #[derive(Debug, Parser)]
@@ -30,7 +33,8 @@ pub enum Command {
     MarketSpread(ServeArgs),
     /// Send framed messages to a server (Wallaroo's giles sender).
     Send(SendArgs),
-    /// Receive and count output lines (Wallaroo's data_receiver).
+    /// Receive and count output lines, or with --market-spread framed order results
+    /// (Wallaroo's data_receiver).
     Receive(ReceiveArgs),
     /// Run the server, a sender and a receiver on loopback and report what happened.
     Demo(DemoArgs),
@@ -75,9 +79,22 @@ impl MarketGenArgs {
     }
 }
 
+/// The app `bettong bench` measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchApp {
+    /// Word count: framed text in, `word => count` lines out.
+    #[default]
+    WordCount,
+    /// Market Spread: quotes, then orders in; framed order results out.
+    MarketSpread,
+}
+
 /// `bettong bench`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct BenchArgs {
+    /// The app to measure.
+    #[arg(long, value_enum, default_value_t = BenchApp::WordCount)]
+    pub app: BenchApp,
     /// Run the pipeline embedded (memory source, discarding sink) instead of over loopback.
     #[arg(long)]
     pub in_process: bool,
@@ -96,7 +113,8 @@ pub struct BenchArgs {
     /// Sender connections.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
-    /// Messages/s of the fixed-rate latency phase (default: half the full-speed rate; 0 skips it).
+    /// Messages/s of the fixed-rate latency phase, orders/s for market-spread (default: half
+    /// the full-speed rate; 0 skips it).
     #[arg(long)]
     pub rate: Option<u64>,
     /// Seconds of the fixed-rate phase.
@@ -105,6 +123,16 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Market Spread: orders generated (sent --repeat times at full speed) [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub orders: Option<u64>,
+    /// Market Spread: quotes generated, all sent before the orders (at least --symbols)
+    /// [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub quotes: Option<u64>,
+    /// Market Spread: distinct stock symbols [default: 350].
+    #[arg(long, value_name = "N")]
+    pub symbols: Option<usize>,
 }
 
 impl BenchArgs {
@@ -121,16 +149,40 @@ impl BenchArgs {
             duration: Duration::from_secs_f64(self.duration.max(0.1)),
         }
     }
+
+    /// The Market Spread bench's options (`--app market-spread`); fails on the word-count
+    /// options it has no use for.
+    pub fn to_market_options(
+        &self,
+    ) -> anyhow::Result<crate::market_spread::bench::MarketBenchOptions> {
+        if self.framed_file.is_some() {
+            anyhow::bail!(
+                "bench --app market-spread generates its input: --framed-file is for word-count"
+            );
+        }
+        let defaults = crate::market_spread::bench::MarketBenchOptions::default().gen;
+        Ok(crate::market_spread::bench::MarketBenchOptions {
+            run: self.to_options(),
+            gen: crate::market_spread::gen::GenOptions {
+                orders: self.orders.unwrap_or(defaults.orders).max(1),
+                quotes: self.quotes.unwrap_or(defaults.quotes),
+                symbols: self.symbols.unwrap_or(defaults.symbols),
+                ..defaults
+            },
+        })
+    }
 }
 
-/// `bettong serve`.
+/// `bettong serve`, and `bettong market-spread`, which takes the same flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on, `[NAME@]HOST:PORT`; or `file:PATH`, a framed file (like
-    /// gen_corpus.py's output) read once, after which the server exits 0.
+    /// gen_corpus.py's output) read once, after which the server exits 0. For
+    /// `market-spread`: `Orders@HOST:PORT,Nbbo@HOST:PORT`, both TCP.
     #[arg(long = "in", value_name = "[NAME@]HOST:PORT|file:PATH")]
     pub input: String,
-    /// Receiver to send output lines to, `HOST:PORT`.
+    /// Receiver to send the output to (word count's lines, Market Spread's framed results),
+    /// `HOST:PORT`.
     #[arg(long = "out", value_name = "HOST:PORT")]
     pub output: String,
     /// Cores to run on, one pinned executor each (default: every online core).
@@ -139,7 +191,7 @@ pub struct ServeArgs {
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
     #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
-    /// Checkpoint every count (and a file source's read position) into DIR, and on start
+    /// Checkpoint all state (and a file source's read position) into DIR, and on start
     /// resume from the newest checkpoint in it. A TCP source cannot replay: frames received
     /// after the last checkpoint before a crash are lost unless resent.
     #[arg(long, value_name = "DIR")]
@@ -289,7 +341,8 @@ pub struct ReceiveArgs {
     pub in_order: bool,
 }
 
-/// `bettong demo` (also what `bettong` with no arguments runs).
+/// `bettong demo`: the first-run demo (the Bill of Rights sent many times, outputs checked).
+/// `bettong` with no arguments runs the bench instead ([`BenchArgs::default_run`]).
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
     /// Cores for the server (default: every online core).

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use bettong::cli::{BenchArgs, Cli, Command};
+use bettong::cli::{BenchApp, BenchArgs, Cli, Command};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -49,11 +49,11 @@ fn main() -> ExitCode {
             })
         }),
         Command::Demo(a) => bettong::demo::run_demo(&a),
-        Command::Bench(a) => bettong::bench::run_bench(&a.to_options()).map(|r| {
+        Command::Bench(a) => run_bench(&a).map(|(json, table)| {
             if a.json {
-                println!("{}", r.json());
+                println!("{json}");
             } else {
-                print!("{}", r.table());
+                print!("{table}");
             }
         }),
         Command::MarketGen(a) => {
@@ -81,5 +81,18 @@ fn main() -> ExitCode {
             eprintln!("bettong: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `bettong bench`: runs the bench of the app asked for; returns its JSON report and its table.
+fn run_bench(a: &BenchArgs) -> anyhow::Result<(serde_json::Value, String)> {
+    match a.app {
+        BenchApp::WordCount => {
+            bettong::bench::run_bench(&a.to_options()).map(|r| (r.json(), r.table()))
+        }
+        BenchApp::MarketSpread => a
+            .to_market_options()
+            .and_then(|o| bettong::market_spread::bench::run_market_bench(&o))
+            .map(|r| (r.json(), r.table())),
     }
 }

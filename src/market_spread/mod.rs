@@ -15,6 +15,7 @@
 //! - [`app`]: the app itself on the engine, and [`serve`]: `bettong market-spread`.
 
 pub mod app;
+pub mod bench;
 pub mod check;
 pub mod gen;
 pub mod reference;
