@@ -16,14 +16,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bettong_engine::metrics::new_histogram;
 use bettong_engine::{Engine, MemorySource, MetricsSnapshot, SinkConfig, SourceConfig};
 use hdrhistogram::Histogram;
 
+use crate::probes::Probes;
 use crate::send::{run_send, SendOptions, SendSource};
 use crate::serve::{start_server, ServeOptions};
 
@@ -346,38 +346,15 @@ struct BenchSink {
     stop: Arc<AtomicBool>,
 }
 
-/// Send times of probes, and the histogram of their end-to-end latency.
-struct Probes {
-    base: Instant,
-    sent_ns: Vec<AtomicU64>,
-    hist: Mutex<Histogram<u64>>,
-}
-
-impl Probes {
-    fn new(capacity: usize) -> Self {
-        Probes {
-            base: Instant::now(),
-            sent_ns: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            hist: Mutex::new(new_histogram()),
-        }
-    }
-
-    fn received(&self, line: &[u8]) {
-        // "0p<seq> => 1"
-        let seq = line[2..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .fold(0usize, |n, &b| n * 10 + (b - b'0') as usize);
-        let Some(sent) = self.sent_ns.get(seq).map(|s| s.load(Relaxed)) else {
-            return;
-        };
-        let now = self.base.elapsed().as_nanos() as u64;
-        if sent > 0 && now >= sent {
-            if let Ok(mut h) = self.hist.lock() {
-                let _ = h.record(((now - sent) / 1000).max(1));
-            }
-        }
-    }
+/// The sequence number of a probe's output line, `0p<seq> => 1`.
+fn probe_seq(line: &[u8]) -> usize {
+    line.get(2..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0usize, |n, &b| {
+            n.wrapping_mul(10).wrapping_add((b - b'0') as usize)
+        })
 }
 
 impl BenchSink {
@@ -434,9 +411,9 @@ fn read_output(mut conn: TcpStream, lines: &AtomicU64, bytes: &AtomicU64, probes
             count += 1;
             if let Some(mut c) = carry.take() {
                 c.extend_from_slice(&data[..i]);
-                probes.received(&c);
+                probes.received(probe_seq(&c));
             } else if !(line_start == 0 && mid_line) && data.get(line_start) == Some(&b'0') {
-                probes.received(&data[line_start..i]);
+                probes.received(probe_seq(&data[line_start..i]));
             }
             line_start = i + 1;
         }
@@ -464,7 +441,7 @@ fn run_probes(addr: SocketAddr, probes: Arc<Probes>, stop: Arc<AtomicBool>) -> R
     let mut seq = 1usize;
     let mut next = Instant::now();
     let mut frame = Vec::with_capacity(32);
-    while !stop.load(Relaxed) && seq < probes.sent_ns.len() {
+    while !stop.load(Relaxed) && seq < probes.capacity() {
         let now = Instant::now();
         if now < next {
             std::thread::sleep(next - now);
@@ -473,7 +450,7 @@ fn run_probes(addr: SocketAddr, probes: Arc<Probes>, stop: Arc<AtomicBool>) -> R
         frame.clear();
         let payload = format!("0p{seq}");
         bettong_engine::codec::encode_frame(payload.as_bytes(), &mut frame);
-        probes.sent_ns[seq].store(probes.base.elapsed().as_nanos() as u64, Relaxed);
+        probes.sent(seq);
         s.write_all(&frame)
             .with_context(|| format!("sending probe {seq} to {addr}"))?;
         seq += 1;
@@ -555,7 +532,7 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
             .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
         let words = settle(&metrics, &sink, before, lines_before)?;
         let elapsed = start.elapsed();
-        let probe = Percentiles::of(&probes.hist.lock().expect("probe histogram").clone());
+        let probe = probes.percentiles();
         if probe.count + 10 < probes_sent {
             tracing::warn!(
                 "only {} of {probes_sent} probe outputs were matched",

@@ -23,13 +23,11 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bettong_engine::metrics::new_histogram;
 use bettong_engine::{Engine, MemorySource, Metrics, SinkConfig, SourceConfig};
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::app::market_spread;
@@ -37,6 +35,7 @@ use super::gen::{write_market, GenOptions};
 use super::result::RESULT_LEN;
 use super::wire::{Order, Side};
 use crate::bench::{BenchOptions, Percentiles, Phase};
+use crate::probes::Probes;
 use crate::send::{run_send, SendOptions, SendSource};
 use crate::serve::ServeOptions;
 
@@ -357,46 +356,6 @@ fn run_in_process(opts: &MarketBenchOptions, market: Market) -> Result<MarketBen
     })
 }
 
-/// Send times of probes, and the histogram of their end-to-end latency.
-struct Probes {
-    base: Instant,
-    /// Nanoseconds after `base` at which probe `i` was sent (0: not sent).
-    sent_ns: Vec<AtomicU64>,
-    hist: Mutex<Histogram<u64>>,
-}
-
-impl Probes {
-    fn new(capacity: usize) -> Self {
-        Probes {
-            base: Instant::now(),
-            sent_ns: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            hist: Mutex::new(new_histogram()),
-        }
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
-    }
-
-    /// The result of probe `seq` arrived now.
-    fn received(&self, seq: u32) {
-        let now = self.now_ns();
-        let sent = self
-            .sent_ns
-            .get(seq as usize)
-            .map_or(0, |s| s.load(Relaxed));
-        if sent > 0 && now >= sent {
-            if let Ok(mut h) = self.hist.lock() {
-                let _ = h.record(((now - sent) / 1000).max(1));
-            }
-        }
-    }
-
-    fn percentiles(&self) -> Percentiles {
-        Percentiles::of(&self.hist.lock().expect("probe histogram"))
-    }
-}
-
 /// The receiving end: counts framed order results over all connections, times probe results.
 struct ResultSink {
     addr: SocketAddr,
@@ -468,9 +427,9 @@ fn read_results(mut conn: TcpStream, results: &AtomicU64, malformed: &AtomicU64,
             }
             let payload = &frame[4..];
             if payload[11..15] == PROBE_SYMBOL {
-                probes.received(u32::from_be_bytes(
-                    payload[1..5].try_into().expect("4 bytes"),
-                ));
+                probes.received(
+                    u32::from_be_bytes(payload[1..5].try_into().expect("4 bytes")) as usize,
+                );
             }
         }
         results.fetch_add((whole / FRAME) as u64, Relaxed);
@@ -508,14 +467,14 @@ fn send_probes(addr: SocketAddr, probes: &Probes, stop: &AtomicBool) -> Result<u
     let mut frame = Vec::with_capacity(64);
     let mut next = Instant::now();
     let mut seq = 1u32;
-    while !stop.load(Relaxed) && (seq as usize) < probes.sent_ns.len() {
+    while !stop.load(Relaxed) && (seq as usize) < probes.capacity() {
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         next += Duration::from_millis(1);
         frame.clear();
         probe_order(seq).encode_frame(&mut frame);
-        probes.sent_ns[seq as usize].store(probes.now_ns(), Relaxed);
+        probes.sent(seq as usize);
         conn.write_all(&frame)
             .with_context(|| format!("sending probe {seq} to {addr}"))?;
         seq += 1;
