@@ -475,3 +475,70 @@ fn a_chain_stops_reading_while_its_sink_is_stalled_and_loses_nothing() {
     assert_eq!(report.total().records_in, words.len() as u64);
     assert_eq!(last_per_key(lines), reached(&words));
 }
+
+#[test]
+fn merged_sources_may_be_of_different_kinds() {
+    // Source 0 reads a framed file, source 1 a memory buffer: one count per word over both.
+    let dir = std::env::temp_dir().join(format!("bettong-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file_frames = text_frames(2_000);
+    let memory_frames = text_frames(1_500);
+    let mut framed = Vec::new();
+    for f in &file_frames {
+        bettong_engine::codec::encode_frame(f.as_bytes(), &mut framed);
+    }
+    let file = dir.join("in.bin");
+    std::fs::write(&file, &framed).unwrap();
+    let words_of = |t: &str| {
+        t.split(' ')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let side = |tag: u8| {
+        Pipeline::decode(move |f: &[u8]| Ok(std::str::from_utf8(f)?.to_string()))
+            .flat_map(move |t: String, emit: &mut dyn FnMut(String)| {
+                words_of(&t).into_iter().for_each(&mut *emit)
+            })
+            .key_by(move |w: String| (w, tag))
+    };
+    let pipeline = side(0)
+        .merge(side(1))
+        .state(|_w: &String, n: &mut [u64; 2], tag: u8| {
+            n[tag as usize] += 1;
+            Some(*n)
+        })
+        .encode(|w, n, out| out.extend_from_slice(format!("{w} {} {}\n", n[0], n[1]).as_bytes()));
+    let report = Engine::new()
+        .cores(cores())
+        .run(
+            pipeline,
+            vec![
+                SourceConfig::File(FileSourceConfig::new(&file)),
+                SourceConfig::Memory(MemorySource::from_frames(&memory_frames)),
+            ],
+            SinkConfig::Memory,
+        )
+        .unwrap();
+    let mut want: HashMap<String, [u64; 2]> = HashMap::new();
+    for (tag, frames) in [(0, &file_frames), (1, &memory_frames)] {
+        for f in frames.iter() {
+            for w in words_of(f) {
+                want.entry(w).or_default()[tag] += 1;
+            }
+        }
+    }
+    let mut got: HashMap<String, [u64; 2]> = HashMap::new();
+    for line in report.output_lines() {
+        let p: Vec<&str> = line.split(' ').collect();
+        got.insert(
+            p[0].to_string(),
+            [p[1].parse().unwrap(), p[2].parse().unwrap()],
+        );
+    }
+    assert_eq!(
+        got, want,
+        "the last output per word holds both sources' counts"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
