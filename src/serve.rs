@@ -179,6 +179,16 @@ pub fn start_app<A: PersistApp>(
     records: Records,
 ) -> Result<Running> {
     let output = resolve(&opts.output, "--out")?;
+    // The engine's own log names its limits but not the flags that set them: say it here.
+    tracing::info!(
+        "limits: --max-frame {} bytes, --max-connections-per-core {}, --idle-timeout {:?}, \
+         --sink-buffer {} bytes, --shutdown-grace {:?}",
+        opts.max_frame,
+        opts.limits.max_connections_per_core,
+        opts.limits.idle_timeout,
+        opts.limits.sink_buffer,
+        opts.limits.shutdown_grace
+    );
     let mut engine = Engine::new();
     if let Some(n) = opts.cores {
         engine = engine.cores(n);

@@ -481,8 +481,12 @@ fn connections_over_the_per_core_limit_are_refused_and_others_served() {
     let m = final_metrics(&server).expect("final metrics");
     assert_eq!(m["connections_refused"], (TRIES - 2 * LIMIT) as u64);
     server.expect_stderr(
-        "--max-connections-per-core",
-        "refusals are logged, naming the flag",
+        "(the per-core connection limit)",
+        "refusals are logged, naming the limit",
+    );
+    server.expect_stderr(
+        &format!("--max-connections-per-core {LIMIT}"),
+        "the server's start names the flag that sets the limit",
     );
     server.finish_and_check(receiver, &expected, "busy clients with a connection limit");
 }
