@@ -47,7 +47,7 @@ pub(crate) use coordinator::{describe_source, Coordinator, CoordinatorConfig, Li
 pub(crate) use cut::PreCut;
 pub use format::SourceMark;
 pub(crate) use participant::{run_initiator, CkOps, Participant};
-pub use participant::{PersistApp, PersistChain, PersistTail};
+pub use participant::{PersistApp, PersistStages};
 pub use persist::Persist;
 pub(crate) use recovery::{scan, Decoders, Valid};
 

@@ -218,30 +218,21 @@ impl<K: ?Sized + Key, V: Send + 'static> Outbox<K, V> {
 /// A batch handed to a step that is not of its types: a bug, reported by the worker.
 pub struct WrongBatch;
 
-/// A chain of state steps as one core runs it: the first step and everything after it.
-pub trait Chain: 'static {
-    /// The first step's key.
-    type Key: ?Sized + Key;
-    /// The value the first step takes.
-    type Value: Send + 'static;
-
-    /// Number of state steps in the chain.
+/// What every part of a running chain does besides taking records: the state steps it holds
+/// (counted from `rel` 0, the next step to take routed records), their outboxes and shards.
+pub trait Stages: 'static {
+    /// Number of state steps held.
     #[doc(hidden)]
     fn depth(&self) -> usize;
 
-    /// Applies one record owned by this core to the first step.
-    #[doc(hidden)]
-    #[allow(private_interfaces)]
-    fn apply(&mut self, hash: u64, key: &Self::Key, value: Self::Value, cx: &mut Cx<'_>);
-
-    /// Applies a batch routed to step `rel` of this chain (0 = the first).
+    /// Applies a batch routed to step `rel` (0 = the first step held).
     #[doc(hidden)]
     #[allow(private_interfaces)]
     fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>)
         -> Result<(), WrongBatch>;
 
-    /// Hands `f` every non-empty outbox batch for core `dest` of the steps after the first,
-    /// with its absolute step index (`base` is the first step's).
+    /// Hands `f` every non-empty outbox batch for core `dest` of the steps held, with its
+    /// absolute step index (`base` is the index of the first outbox's step).
     #[doc(hidden)]
     #[allow(clippy::type_complexity)]
     fn take_outboxes(
@@ -251,7 +242,7 @@ pub trait Chain: 'static {
         f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
     );
 
-    /// Records waiting in the outboxes of the steps after the first.
+    /// Records waiting in the outboxes held.
     #[doc(hidden)]
     fn queued(&self) -> usize;
 
@@ -260,29 +251,25 @@ pub trait Chain: 'static {
     fn keys(&self) -> (u64, u64);
 }
 
-/// What a state step's outputs go to.
-pub trait Tail<K: ?Sized, O>: 'static {
+/// A chain of state steps as one core runs it: the first step and everything after it.
+pub trait Chain: Stages {
+    /// The first step's key.
+    type Key: ?Sized + Key;
+    /// The value the first step takes.
+    type Value: Send + 'static;
+
+    /// Applies one record owned by this core to the first step.
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn apply(&mut self, hash: u64, key: &Self::Key, value: Self::Value, cx: &mut Cx<'_>);
+}
+
+/// What a state step's outputs go to: the encoder, or the steps after a further `key_by`.
+pub trait Tail<K: ?Sized, O>: Stages {
+    /// Takes one output of the step before.
     #[doc(hidden)]
     #[allow(private_interfaces)]
     fn emit(&mut self, key: &K, out: O, cx: &mut Cx<'_>);
-    #[doc(hidden)]
-    fn depth(&self) -> usize;
-    #[doc(hidden)]
-    #[allow(private_interfaces)]
-    fn apply_any(&mut self, rel: usize, batch: AnyBatch, cx: &mut Cx<'_>)
-        -> Result<(), WrongBatch>;
-    #[doc(hidden)]
-    #[allow(clippy::type_complexity)]
-    fn take_outboxes(
-        &mut self,
-        base: usize,
-        dest: usize,
-        f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
-    );
-    #[doc(hidden)]
-    fn queued(&self) -> usize;
-    #[doc(hidden)]
-    fn keys(&self) -> (u64, u64);
 }
 
 /// One state step on one core: this core's shard of its keys, the user's initial-state and
@@ -295,7 +282,7 @@ pub struct StateStage<K: ?Sized + Key, V, S, I, U, T> {
     pub(crate) _v: PhantomData<fn(V)>,
 }
 
-impl<K, V, S, I, U, R, T> Chain for StateStage<K, V, S, I, U, T>
+impl<K, V, S, I, U, R, T> Stages for StateStage<K, V, S, I, U, T>
 where
     K: ?Sized + Key + 'static,
     V: Send + 'static,
@@ -305,27 +292,8 @@ where
     R: IntoIterator,
     T: Tail<K, R::Item>,
 {
-    type Key = K;
-    type Value = V;
-
     fn depth(&self) -> usize {
         1 + self.tail.depth()
-    }
-
-    #[inline]
-    fn apply(&mut self, hash: u64, key: &K, value: V, cx: &mut Cx<'_>) {
-        let StateStage {
-            shard,
-            init,
-            update,
-            tail,
-            ..
-        } = self;
-        let state = shard.get_or_insert_with(hash, key, &mut *init);
-        cx.applied += 1;
-        for o in update(key, state, value) {
-            tail.emit(key, o, cx);
-        }
     }
 
     fn apply_any(
@@ -368,6 +336,36 @@ where
     }
 }
 
+impl<K, V, S, I, U, R, T> Chain for StateStage<K, V, S, I, U, T>
+where
+    K: ?Sized + Key + 'static,
+    V: Send + 'static,
+    S: 'static,
+    I: FnMut(&K) -> S + 'static,
+    U: FnMut(&K, &mut S, V) -> R + 'static,
+    R: IntoIterator,
+    T: Tail<K, R::Item>,
+{
+    type Key = K;
+    type Value = V;
+
+    #[inline]
+    fn apply(&mut self, hash: u64, key: &K, value: V, cx: &mut Cx<'_>) {
+        let StateStage {
+            shard,
+            init,
+            update,
+            tail,
+            ..
+        } = self;
+        let state = shard.get_or_insert_with(hash, key, &mut *init);
+        cx.applied += 1;
+        for o in update(key, state, value) {
+            tail.emit(key, o, cx);
+        }
+    }
+}
+
 /// The last tail: encodes each output for the sink.
 pub struct Encoder<E> {
     pub(crate) encode: E,
@@ -382,6 +380,9 @@ where
         (self.encode)(key, &out, cx.out);
         cx.outputs += 1;
     }
+}
+
+impl<E: 'static> Stages for Encoder<E> {
     fn depth(&self) -> usize {
         0
     }
@@ -441,6 +442,9 @@ where
             }
         });
     }
+}
+
+impl<P: 'static, F: 'static, C: Chain> Stages for Forward<P, F, C> {
     fn depth(&self) -> usize {
         self.next.depth()
     }

@@ -26,7 +26,7 @@ use glommio::sync::Semaphore;
 use glommio::{GlommioError, ResourceType};
 
 use crate::checkpoint::{Participant, PreCut};
-use crate::dataflow::{Chain, Cx, DecodeError, Fronts, Outbox};
+use crate::dataflow::{Chain, Cx, DecodeError, Fronts, Outbox, Stages};
 use crate::key::Key;
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::notify::Notify;

@@ -10,7 +10,7 @@
 //!   [`Participant::finish`] at the end.
 //!
 //! The engine is generic over every step's key, state and value types, so serialising them
-//! is [`PersistChain`]'s job: implemented for a chain whose keys are [`PersistKey`] and whose
+//! is [`PersistStages`]'s job: implemented for a chain whose keys are [`PersistKey`] and whose
 //! states and routed values are [`Persist`], and turned into plain function pointers
 //! ([`CkOps`]) where those bounds are known, so the runtime needs no bound unless checkpoints
 //! are on.
@@ -29,23 +29,24 @@ use super::coordinator::{Contribution, CoreReport, Link};
 use super::cut::CoreCheckpoint;
 use super::format::{entries, push_entry};
 use super::Persist;
-use crate::dataflow::{Chain, Cx, Encoder, Forward, StateStage, Tail};
+use crate::dataflow::{Chain, Cx, Encoder, Forward, Stages, StateStage, Tail};
 use crate::key::PersistKey;
 use crate::metrics::CoreMetrics;
 use crate::pipeline::App;
 use crate::routing::{Batch, Envelope, Router};
 use crate::worker::Worker;
 
-/// A chain of state steps whose keys, states and values can be written into a checkpoint.
-/// Implemented by the engine for every chain whose keys implement [`PersistKey`] and whose
-/// states and routed values implement [`Persist`].
+/// The state steps of a chain, whose keys, states and values can be written into a
+/// checkpoint. Implemented by the engine for every chain whose keys implement [`PersistKey`]
+/// and whose states and routed values implement [`Persist`]. Steps are counted from `rel` 0,
+/// the first step held; `base` is that step's absolute index.
 #[allow(private_interfaces)]
-pub trait PersistChain: Chain {
+pub trait PersistStages: Stages {
     /// Appends every `(step, key, state)` entry of this core's shards; returns how many.
     #[doc(hidden)]
     fn snapshot(&self, base: usize, body: &mut Vec<u8>) -> u64;
-    /// Appends the records of `batch`, for step `rel` (of this chain), as `(step, key,
-    /// value)` entries; returns how many.
+    /// Appends the records of `batch`, for step `rel`, as `(step, key, value)` entries;
+    /// returns how many.
     #[doc(hidden)]
     fn log_batch(&self, rel: usize, base: usize, batch: &dyn Any, log: &mut Vec<u8>) -> u64;
     /// Puts one restored state entry of step `rel` into its shard.
@@ -62,23 +63,6 @@ pub trait PersistChain: Chain {
     fn check(&self, rel: usize, key: &[u8], state: Option<&[u8]>, value: Option<&[u8]>) -> bool;
 }
 
-/// [`PersistChain`] for what follows a state step.
-#[allow(private_interfaces)]
-pub trait PersistTail {
-    #[doc(hidden)]
-    fn snapshot(&self, base: usize, body: &mut Vec<u8>) -> u64;
-    #[doc(hidden)]
-    fn log_batch(&self, rel: usize, base: usize, batch: &dyn Any, log: &mut Vec<u8>) -> u64;
-    #[doc(hidden)]
-    fn restore_state(&mut self, rel: usize, key: &[u8], state: &[u8], router: &Router) -> bool;
-    #[doc(hidden)]
-    fn replay(&mut self, rel: usize, key: &[u8], value: &[u8], cx: &mut Cx<'_>) -> bool;
-    #[doc(hidden)]
-    fn key_hash(&self, rel: usize, key: &[u8], router: &Router) -> Option<u64>;
-    #[doc(hidden)]
-    fn check(&self, rel: usize, key: &[u8], state: Option<&[u8]>, value: Option<&[u8]>) -> bool;
-}
-
 /// Decodes a whole value: `None` unless it uses every byte.
 fn decode_all<T: Persist>(mut bytes: &[u8]) -> Option<T> {
     let v = T::restore(&mut bytes)?;
@@ -86,7 +70,7 @@ fn decode_all<T: Persist>(mut bytes: &[u8]) -> Option<T> {
 }
 
 #[allow(private_interfaces)]
-impl<K, V, S, I, U, R, T> PersistChain for StateStage<K, V, S, I, U, T>
+impl<K, V, S, I, U, R, T> PersistStages for StateStage<K, V, S, I, U, T>
 where
     K: ?Sized + PersistKey + 'static,
     V: Persist + Send + 'static,
@@ -94,7 +78,7 @@ where
     I: FnMut(&K) -> S + 'static,
     U: FnMut(&K, &mut S, V) -> R + 'static,
     R: IntoIterator,
-    T: Tail<K, R::Item> + PersistTail,
+    T: Tail<K, R::Item> + PersistStages,
 {
     fn snapshot(&self, base: usize, body: &mut Vec<u8>) -> u64 {
         let (mut key, mut state) = (Vec::with_capacity(32), Vec::with_capacity(32));
@@ -169,7 +153,7 @@ where
 }
 
 #[allow(private_interfaces)]
-impl<E> PersistTail for Encoder<E> {
+impl<E: 'static> PersistStages for Encoder<E> {
     fn snapshot(&self, _: usize, _: &mut Vec<u8>) -> u64 {
         0
     }
@@ -191,7 +175,7 @@ impl<E> PersistTail for Encoder<E> {
 }
 
 #[allow(private_interfaces)]
-impl<P, F, C: PersistChain> PersistTail for Forward<P, F, C> {
+impl<P: 'static, F: 'static, C: Chain + PersistStages> PersistStages for Forward<P, F, C> {
     fn snapshot(&self, base: usize, body: &mut Vec<u8>) -> u64 {
         self.next.snapshot(base, body)
     }
@@ -216,11 +200,11 @@ impl<P, F, C: PersistChain> PersistTail for Forward<P, F, C> {
 /// state and routed value are [`Persist`]. Implemented automatically; name it as a return
 /// type (`-> impl PersistApp`) so callers can pass your pipeline to
 /// [`Engine::start_with_checkpoints`](crate::Engine::start_with_checkpoints).
-pub trait PersistApp: App<Chain: PersistChain> {}
+pub trait PersistApp: App<Chain: PersistStages> {}
 
-impl<A: App> PersistApp for A where A::Chain: PersistChain {}
+impl<A: App> PersistApp for A where A::Chain: PersistStages {}
 
-/// [`PersistChain`]'s methods as plain function pointers.
+/// [`PersistStages`]' methods as plain function pointers.
 pub(crate) struct CkOps<C> {
     pub snapshot: fn(&C, usize, &mut Vec<u8>) -> u64,
     pub log_batch: fn(&C, usize, usize, &dyn Any, &mut Vec<u8>) -> u64,
@@ -237,7 +221,7 @@ impl<C> Clone for CkOps<C> {
 }
 impl<C> Copy for CkOps<C> {}
 
-impl<C: PersistChain> CkOps<C> {
+impl<C: PersistStages> CkOps<C> {
     pub(crate) fn of() -> Self {
         CkOps {
             snapshot: C::snapshot,
