@@ -12,6 +12,7 @@
 //! [`PersistKey`] says how a key is written into a checkpoint.
 
 use std::hash::Hash;
+use std::num::NonZeroU8;
 
 /// A key as `key_by` produces it (possibly borrowed), with its owned form.
 ///
@@ -56,9 +57,16 @@ pub const INLINE_KEY: usize = 23;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmallBytes(Repr);
 
+///
+/// The inline length is stored plus one as a `NonZeroU8`, which leaves the value 0 free for
+/// the compiler to mark the heap variant: the whole key is 24 bytes, not 32, which matters in
+/// every batch that crosses cores and in every shard slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Inline {
+        len_plus_one: NonZeroU8,
+        bytes: [u8; INLINE_KEY],
+    },
     Heap(Box<[u8]>),
 }
 
@@ -69,8 +77,10 @@ impl SmallBytes {
         if b.len() <= INLINE_KEY {
             let mut bytes = [0; INLINE_KEY];
             bytes[..b.len()].copy_from_slice(b);
+            // INLINE_KEY + 1 fits a u8 and is never 0.
+            let len_plus_one = NonZeroU8::new(b.len() as u8 + 1).unwrap_or(NonZeroU8::MIN);
             SmallBytes(Repr::Inline {
-                len: b.len() as u8,
+                len_plus_one,
                 bytes,
             })
         } else {
@@ -82,7 +92,10 @@ impl SmallBytes {
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Inline {
+                len_plus_one,
+                bytes,
+            } => &bytes[..len_plus_one.get() as usize - 1],
             Repr::Heap(b) => b,
         }
     }
@@ -242,6 +255,12 @@ int_keys!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_keys_take_24_bytes() {
+        assert_eq!(std::mem::size_of::<SmallBytes>(), 24);
+        assert_eq!(std::mem::size_of::<SmallStr>(), 24);
+    }
 
     #[test]
     fn small_str_gives_back_the_exact_string() {
