@@ -31,6 +31,9 @@ use crate::notify::Notify;
 /// The page size the kernel requires the descriptor ring to be aligned to (at least).
 const RING_ALIGN: usize = 4096;
 
+// The kernel's `struct io_uring_buf`: addr u64, len u32, bid u16, resv u16 (the tail, in entry 0).
+const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
+
 /// A registered group of equally sized receive buffers.
 pub(crate) struct BufRing {
     bgid: u16,
@@ -169,16 +172,21 @@ impl BufRing {
         debug_assert!(bid < self.count);
         let tail = self.tail.get();
         let slot = (tail & (self.count - 1)) as usize;
-        // SAFETY: `slot < count`, so the entry is inside the descriptor allocation. The kernel
-        // reads only the entries between its head and the published tail, and this slot is at
-        // or past the published tail, so nobody else accesses it now. The write does not touch
-        // the shared tail field (the `resv` of entry 0), which only `publish` writes.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
         // SAFETY: `bid < count`, so the buffer lies inside the data allocation.
         let addr = unsafe { self.data.as_ptr().add(bid as usize * self.size as usize) };
-        entry.set_addr(addr as u64);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
+        // SAFETY: `slot < count`, so the entry is inside the descriptor allocation, and entries
+        // are 16-byte aligned (the allocation is page-aligned; `ENTRY` is checked). The kernel
+        // reads only the entries between its head and the published tail, and this slot is at
+        // or past the published tail, so nobody else accesses these fields now. No reference to
+        // the entry is made: entry 0's last two bytes are the shared tail, which the kernel reads
+        // concurrently, so only the `addr`, `len` and `bid` fields (bytes 0..14 of the kernel's
+        // `struct io_uring_buf`) are written, through raw pointers.
+        unsafe {
+            let entry = self.entries.as_ptr().add(slot) as *mut u8;
+            entry.cast::<u64>().write(addr as u64);
+            entry.add(8).cast::<u32>().write(self.size);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail.set(tail.wrapping_add(1));
         self.in_kernel.set(self.in_kernel.get() + 1);
     }

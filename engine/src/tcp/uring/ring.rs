@@ -100,6 +100,9 @@ pub(crate) struct Ring {
     wakers: RefCell<Vec<Waker>>,
     /// Multishot receives re-armed after the kernel ended them (mostly: no buffer was left).
     rearmed: Cell<u64>,
+    /// Tests: make the next enter after an entry was queued fail, as the kernel can.
+    #[cfg(test)]
+    pub(crate) fail_next_enter: Cell<bool>,
 }
 
 impl Ring {
@@ -159,6 +162,8 @@ impl Ring {
             wakeups: Cell::new(0),
             wakers: RefCell::new(Vec::new()),
             rearmed: Cell::new(0),
+            #[cfg(test)]
+            fail_next_enter: Cell::new(false),
         }))
     }
 
@@ -253,7 +258,11 @@ impl Ring {
         })
     }
 
-    /// Pushes one entry and submits it (submitting first if the queue is full).
+    /// Pushes one entry and submits it (submitting first if the queue is full). An error means
+    /// the entry was never queued, so the kernel cannot see it and its slot may be freed. Once
+    /// it is queued the kernel may take it at any later enter, so it counts as submitted even if
+    /// this enter fails: the failure is logged, the entry stays queued, and the next enter (the
+    /// next request, or the driver's next reap) takes it in.
     ///
     /// # Safety
     /// As for [`Ring::submit`].
@@ -267,8 +276,22 @@ impl Ring {
             }
             uring.submit()?;
         }
-        uring.submit()?;
+        if let Err(e) = self.enter(&mut uring) {
+            tracing::warn!(
+                "io_uring submit failed ({e}); the request stays queued and goes in with the \
+                 next submission"
+            );
+        }
         Ok(())
+    }
+
+    /// Submits what is queued (and collects deferred completions).
+    fn enter(&self, uring: &mut IoUring) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.fail_next_enter.replace(false) {
+            return Err(io::Error::from_raw_os_error(libc::EINTR));
+        }
+        uring.submit()
     }
 
     /// Asks the kernel to cancel the request with `key` (its last completion says when it is).
@@ -295,7 +318,8 @@ impl Ring {
                 uring.completion().disable_eventfd();
                 // Deferred completions and completions that overflowed the queue reach it only
                 // through an enter with GETEVENTS, which `submit` adds when these flags say so.
-                if self.kernel_has_more(&mut uring) {
+                // Entries a failed enter left queued go in here too.
+                if self.kernel_has_more(&mut uring) || !uring.submission().is_empty() {
                     if let Err(e) = uring.submit() {
                         tracing::warn!("io_uring enter to collect completions failed: {e}");
                     }

@@ -543,3 +543,39 @@ fn sink_sends_over_loopback_send_vs_uring_send_vs_send_zc() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn a_failed_enter_after_queueing_keeps_the_request_and_submits_it_later() {
+    // The kernel may take a queued entry at any later enter, so a request whose first enter
+    // failed must keep its slot (its buffer) and complete once the entry goes in.
+    LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let ring = Ring::new(tiny(4)).unwrap();
+            let driver = glommio::spawn_local(ring.clone().drive());
+            use std::os::fd::AsRawFd;
+            ring.fail_next_enter.set(true);
+            let op = ring
+                .recv_multi(server.as_raw_fd())
+                .expect("a queued request is not an error, even if its enter failed");
+            (&client).write_all(b"later").unwrap();
+            // The driver's next reap submits what is still queued.
+            ring.reap();
+            let c = futures_lite::future::or(op.next(), async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                panic!("the queued receive never completed");
+            })
+            .await
+            .expect("a completion");
+            assert_eq!(c.buf.as_ref().unwrap().bytes(), b"later");
+            drop(c);
+            drop(op);
+            ring.close();
+            driver.await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
