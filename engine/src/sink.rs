@@ -8,14 +8,16 @@
 //! goes through one writer in order, every key's outputs leave on one connection in the order
 //! they were produced.
 //!
-//! The TCP writer opens its own connection to the sink address, retries with capped backoff when
-//! the receiver is not there or goes away, holds the output meanwhile, and logs each change of
-//! state once; `run_tcp_sink` says exactly what it promises about output across a break.
+//! The TCP writer opens its own connection to the sink address (with a connect timeout and TCP
+//! keepalive), retries with capped backoff when the receiver is not there, goes away, or accepts
+//! and closes at once, holds the output meanwhile, and logs each change of state once
+//! (rate-limited); `run_tcp_sink` says exactly what it promises about output across a break.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,14 @@ use glommio::net::TcpStream;
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::notify::Notify;
 use crate::shutdown::Shutdown;
+use crate::tcp::log_limit::LogLimit;
+
+/// A sink connection that breaks sooner than this after it was made "died young": the next
+/// attempt waits the current backoff first (which doubles with each young death, up to
+/// [`TcpSinkConfig::max_backoff`]), so a receiver that accepts and closes at once (a load
+/// balancer with no backends, an address that is not a sink) costs a few attempts a second, not
+/// a tight loop.
+pub const YOUNG_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Where the engine writes its output.
 #[derive(Debug, Clone)]
@@ -47,6 +57,9 @@ pub struct TcpSinkConfig {
     pub min_backoff: Duration,
     /// Longest delay between connection attempts.
     pub max_backoff: Duration,
+    /// Longest wait for one connection attempt (a blackholed address would otherwise take the
+    /// kernel's SYN retries, about 2 minutes); it then counts as a failed attempt.
+    pub connect_timeout: Duration,
     /// After a stop was requested, how long the sink may stay unreachable, or take no byte of a
     /// write, before the core gives up on it (dropping what it still holds, counted in
     /// `sink_bytes_dropped` and logged).
@@ -117,13 +130,14 @@ impl Records {
 pub const DEFAULT_MAX_HELD_BYTES: usize = 4 << 20;
 
 impl TcpSinkConfig {
-    /// Default settings for a sink at `addr`: backoff from 20 ms up to 2 s, 10 s of grace at a
-    /// stop, 4 MiB held per core, records ending in `\n`.
+    /// Default settings for a sink at `addr`: backoff from 20 ms up to 2 s, a 5 s connect
+    /// timeout, 10 s of grace at a stop, 4 MiB held per core, records ending in `\n`.
     pub fn new(addr: SocketAddr) -> Self {
         TcpSinkConfig {
             addr,
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             max_held_bytes: DEFAULT_MAX_HELD_BYTES,
             records: Records::Delimited(b'\n'),
@@ -329,7 +343,10 @@ pub(crate) async fn run_memory_sink(
 ///
 /// What it promises, per core:
 /// - it connects at the start and again at once after a break, output or not, so the sink's
-///   state is known (and logged) before output needs it;
+///   state is known (and logged) before output needs it; but after a connection that broke
+///   within [`YOUNG_CONNECTION`] of being made it first waits the backoff, which keeps growing
+///   while connections keep dying young;
+/// - a connection attempt that gets no answer within [`TcpSinkConfig::connect_timeout`] fails;
 /// - output goes out in the order it was produced, on one connection at a time;
 /// - while the sink is unreachable it retries with capped exponential backoff and holds the
 ///   output (at most [`TcpSinkConfig::max_held_bytes`], then the sources wait), and writes all of
@@ -339,7 +356,9 @@ pub(crate) async fn run_memory_sink(
 ///   `sink_bytes_at_risk` and named (with both addresses) in the log; a record the break cut in
 ///   two is written again whole on the next connection;
 /// - every change of state (connected, unreachable, broken, connected again, given up) is
-///   logged once, not once per attempt;
+///   logged once, not once per attempt; the `connected` and `broke` lines are rate-limited
+///   besides (at most [`LogLimit::BURST`] of each a second per core, the next one counting those
+///   held back), since a sink that accepts and closes at once changes state at every attempt;
 /// - after a stop request it gives up on a sink that stays unreachable, or takes no byte of a
 ///   write, for [`TcpSinkConfig::shutdown_grace`], counting what it drops in
 ///   `sink_bytes_dropped`.
@@ -482,6 +501,8 @@ enum Wrote {
 struct Conn {
     stream: TcpStream,
     local: SocketAddr,
+    /// When it was made.
+    since: Instant,
     /// Bytes written into it so far.
     written: u64,
 }
@@ -498,6 +519,16 @@ struct Link<'a> {
     ever_connected: bool,
     /// When this writer first saw the stop request.
     stop_seen: Option<Instant>,
+    /// The next wait between attempts: it doubles with every failed attempt and every
+    /// connection that dies young, and is back to `min_backoff` once a connection lived.
+    backoff: Duration,
+    /// A wait due before the next attempt: the last connection died young.
+    pause: Option<Duration>,
+    /// Connections in a row that died young.
+    young_deaths: u64,
+    /// Rate limits of the `connected` and `broke` lines.
+    log_up: LogLimit,
+    log_broke: LogLimit,
 }
 
 impl<'a> Link<'a> {
@@ -510,6 +541,11 @@ impl<'a> Link<'a> {
             down_since: None,
             ever_connected: false,
             stop_seen: None,
+            backoff: cfg.min_backoff,
+            pause: None,
+            young_deaths: 0,
+            log_up: LogLimit::default(),
+            log_broke: LogLimit::default(),
         }
     }
 
@@ -523,44 +559,60 @@ impl<'a> Link<'a> {
         holding: bool,
     ) -> Connect {
         let (core, addr) = (self.core, self.cfg.addr);
-        let mut backoff = self.cfg.min_backoff;
+        if let Some(pause) = self.pause.take() {
+            // The last connection died young: do not hammer a sink that accepts and closes.
+            self.sleep(rx, pause).await;
+        }
         loop {
             if !holding && rx.is_done() {
                 return Connect::Finished;
             }
-            match TcpStream::connect(addr).await {
+            let attempt = if self.cfg.connect_timeout.is_zero() {
+                TcpStream::connect(addr).await
+            } else {
+                TcpStream::connect_timeout(addr, self.cfg.connect_timeout).await
+            };
+            match attempt.map_err(io::Error::from) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    if let Err(e) = crate::tcp::set_keepalive(stream.as_raw_fd()) {
+                        tracing::debug!(core, sink = %addr, "core {core}: cannot turn TCP keepalive on for sink {addr}: {e}");
+                    }
                     let local = stream
                         .local_addr()
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     CoreMetrics::add(&m.sink_connects, 1);
-                    match self.down_since.take() {
-                        Some(since) if self.ever_connected || self.failures > 0 => {
-                            tracing::info!(
+                    let down_since = self.down_since.take();
+                    if let Some(held_back) = self.log_up.allow() {
+                        let note = LogLimit::note(held_back);
+                        match down_since {
+                            Some(since) if self.ever_connected || self.failures > 0 => {
+                                tracing::info!(
+                                    core,
+                                    sink = %addr,
+                                    %local,
+                                    "core {core}: sink {addr} connected again from {local} after \
+                                     {} failed attempts over {:.1?}; writing the {} bytes of \
+                                     output held meanwhile{note}",
+                                    self.failures,
+                                    since.elapsed(),
+                                    rx.held()
+                                );
+                            }
+                            _ => tracing::info!(
                                 core,
                                 sink = %addr,
                                 %local,
-                                "core {core}: sink {addr} connected again from {local} after {} \
-                                 failed attempts over {:.1?}; writing the {} bytes of output \
-                                 held meanwhile",
-                                self.failures,
-                                since.elapsed(),
-                                rx.held()
-                            );
+                                "core {core}: connected to sink {addr} from {local}{note}"
+                            ),
                         }
-                        _ => tracing::info!(
-                            core,
-                            sink = %addr,
-                            %local,
-                            "core {core}: connected to sink {addr} from {local}"
-                        ),
                     }
                     self.failures = 0;
                     self.ever_connected = true;
                     self.conn = Some(Conn {
                         stream,
                         local,
+                        since: Instant::now(),
                         written: 0,
                     });
                     return Connect::Up;
@@ -588,13 +640,19 @@ impl<'a> Link<'a> {
                     return Connect::GaveUp;
                 }
             }
-            // Back off; a port that closes meanwhile may leave nothing to deliver.
-            if rx.closed.get() {
-                glommio::timer::sleep(backoff).await;
-            } else {
-                futures_lite::future::or(glommio::timer::sleep(backoff), rx.wait_closed()).await;
-            }
-            backoff = (backoff * 2).min(self.cfg.max_backoff);
+            let backoff = self.backoff;
+            self.backoff = (backoff * 2).min(self.cfg.max_backoff);
+            self.sleep(rx, backoff).await;
+        }
+    }
+
+    /// Waits `pause` before the next attempt; a port that closes meanwhile may leave nothing to
+    /// deliver, so that ends the wait too.
+    async fn sleep(&self, rx: &SinkPort, pause: Duration) {
+        if rx.closed.get() {
+            glommio::timer::sleep(pause).await;
+        } else {
+            futures_lite::future::or(glommio::timer::sleep(pause), rx.wait_closed()).await;
         }
     }
 
@@ -629,6 +687,26 @@ impl<'a> Link<'a> {
         let at_risk = conn.written.saturating_sub(cut as u64);
         CoreMetrics::add(&m.sink_bytes_at_risk, at_risk);
         self.down_since = Some(Instant::now());
+        let lived = conn.since.elapsed();
+        let young = if lived < YOUNG_CONNECTION {
+            // Died young: wait before the next attempt, longer each time in a row.
+            let pause = self.backoff;
+            self.pause = Some(pause);
+            self.backoff = (pause * 2).min(self.cfg.max_backoff);
+            self.young_deaths += 1;
+            format!(
+                "; it lived only {lived:.1?} ({} in a row), so the next attempt waits {pause:?}",
+                self.young_deaths
+            )
+        } else {
+            self.backoff = self.cfg.min_backoff;
+            self.young_deaths = 0;
+            String::new()
+        };
+        let Some(held_back) = self.log_broke.allow() else {
+            return;
+        };
+        let note = LogLimit::note(held_back);
         let (core, addr, local) = (self.core, self.cfg.addr, conn.local);
         let resent = if cut > 0 {
             format!("; the {cut} bytes of the record it cut short are written again whole")
@@ -643,7 +721,7 @@ impl<'a> Link<'a> {
             "core {core}: connection {local} -> sink {addr} broke ({e}) after writing {at_risk} \
              bytes of whole records into it: those the receiver had not read are lost, not \
              written again (counted in sink_bytes_at_risk){resent}; holding output and \
-             reconnecting"
+             reconnecting{young}{note}"
         );
     }
 

@@ -18,6 +18,11 @@
 //!   (`connections_oversized`); the frames before it count.
 //! - `max_connections_per_core`: a connection accepted while the core already has that many
 //!   open is closed at once, unread (`connections_refused`).
+//! - the process's descriptor limit (`RLIMIT_NOFILE`, read at start): a connection accepted
+//!   while fewer than [`FD_RESERVE`] descriptors below the limit are free is closed at once,
+//!   unread (`connections_refused`), so checkpoints and the sink always have descriptors.
+//! - every accepted connection has TCP keepalive on ([`set_keepalive`]), so a peer that vanished
+//!   without a FIN or RST is noticed and its descriptor freed.
 //! - `idle_timeout`: a connection that has sent part of a frame and then nothing for that long is
 //!   closed and the partial frame dropped (`connections_idle_closed`); a connection idle between
 //!   frames stays open however long. Only time spent waiting for the client counts (one wait
@@ -28,15 +33,18 @@
 //! (`connections_truncated`). On shutdown the core stops accepting, stops reading, decodes what
 //! the backend had already received, and returns once every connection has.
 
-mod log_limit;
+pub(crate) mod log_limit;
 mod recv;
 pub(crate) mod uring;
 
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 
@@ -49,6 +57,102 @@ use crate::source::{IoBackend, TcpSourceConfig};
 use crate::worker::Worker;
 use log_limit::{may_log, LogKind, LogLimit};
 
+/// Idle time before the first keepalive probe on a TCP connection (source and sink).
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel declares the connection dead (so a vanished peer is
+/// noticed about 2 minutes after it last sent anything).
+pub(crate) const KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns TCP keepalive on for the socket `fd` (`SO_KEEPALIVE` with [`KEEPALIVE_IDLE`],
+/// [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_PROBES`]): a peer that vanished without a FIN or RST
+/// (a crashed host, a dropped NAT entry) then ends the connection instead of holding its
+/// descriptor forever.
+pub(crate) fn set_keepalive(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller's socket owns `fd` and outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(&fd).set_tcp_keepalive(&keepalive)
+}
+
+/// Descriptors below the process's limit that the TCP source never takes: what checkpoints, the
+/// sink's reconnections and the engine's own files and rings need.
+pub(crate) const FD_RESERVE: usize = 64;
+
+/// The process's soft descriptor limit (`RLIMIT_NOFILE`), read once at start; None when there is
+/// none (or it cannot be read).
+fn fd_limit() -> Option<usize> {
+    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0
+            || rl.rlim_cur == libc::RLIM_INFINITY
+        {
+            return None;
+        }
+        usize::try_from(rl.rlim_cur).ok()
+    })
+}
+
+/// Source connections open in the process, over all cores (descriptors are per process).
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// Descriptors open besides the source connections, at the last count of `/proc/self/fd`
+/// (`usize::MAX` before the first).
+static OTHER_FDS: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// When `/proc/self/fd` was last counted, in ms since [`fd_epoch`].
+static COUNTED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+fn fd_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Descriptors open in the process (None if they cannot be counted, for instance when none is
+/// left to open the directory with).
+fn count_open_fds() -> Option<usize> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    // The directory's own descriptor is among them.
+    Some(n.saturating_sub(1))
+}
+
+/// Checks, for a connection just accepted (and not yet counted live), whether the process is
+/// within [`FD_RESERVE`] descriptors of its limit; `Some((open, limit))` when the connection must
+/// be refused. Cheap: it estimates from the live connections, and counts `/proc/self/fd` only
+/// near the limit (at most every 100 ms) or the first time.
+fn descriptors_short() -> Option<(usize, usize)> {
+    let limit = fd_limit()?;
+    let usable = limit.saturating_sub(FD_RESERVE);
+    let live = LIVE_CONNECTIONS.load(Ordering::Relaxed);
+    let mut other = OTHER_FDS.load(Ordering::Relaxed);
+    let now_ms = fd_epoch().elapsed().as_millis() as u64;
+    let near = other == usize::MAX || other + live + FD_RESERVE >= usable;
+    if near
+        && (other == usize::MAX
+            || now_ms.saturating_sub(COUNTED_AT_MS.load(Ordering::Relaxed)) >= 100)
+    {
+        match count_open_fds() {
+            // The count includes the connection just accepted, which is not live yet.
+            Some(n) => {
+                other = n.saturating_sub(live + 1);
+                OTHER_FDS.store(other, Ordering::Relaxed);
+                COUNTED_AT_MS.store(now_ms, Ordering::Relaxed);
+            }
+            // Not even the directory could be opened: as short as it gets.
+            None => return Some((limit, limit)),
+        }
+    }
+    let open = other + live + 1;
+    (open > usable).then_some((open, limit))
+}
+
 /// One core's bound listener, on the backend it will be read with.
 pub(crate) enum Listener {
     /// glommio's sockets.
@@ -60,6 +164,9 @@ pub(crate) enum Listener {
 /// Binds this core's listener on the backend `cfg.io` asks for; where io_uring is unavailable,
 /// says so and binds glommio's instead. Called on the core itself.
 pub(crate) fn listen(cfg: &TcpSourceConfig, core: usize) -> Result<Listener, crate::Error> {
+    // The descriptor limit is read at start, before any connection.
+    fd_limit();
+    fd_epoch();
     let bind_error = |source: io::Error| crate::Error::Bind {
         addr: cfg.addr,
         core,
@@ -165,6 +272,7 @@ impl TaskCount {
     /// Counts a new live task until the returned guard is dropped.
     fn enter(self: &Rc<Self>) -> TaskGuard {
         self.live.set(self.live.get() + 1);
+        LIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         TaskGuard(self.clone())
     }
 
@@ -183,6 +291,7 @@ impl Drop for TaskGuard {
     fn drop(&mut self) {
         let c = &self.0;
         c.live.set(c.live.get() - 1);
+        LIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
         c.gone.notify();
     }
 }
@@ -236,6 +345,22 @@ async fn serve<A: App, L: Accept>(
                 );
             }
             conn.close().await;
+            continue;
+        }
+        if let Some((open, limit)) = descriptors_short() {
+            CoreMetrics::add(&m.connections_refused, 1);
+            if let Some(held_back) = may_log(LogKind::Refused) {
+                tracing::warn!(
+                    core,
+                    %peer,
+                    "core {core}: refusing connection from {peer}: {open} of the process's {limit} \
+                     file descriptors are open (RLIMIT_NOFILE, `ulimit -n`) and the last \
+                     {FD_RESERVE} are kept for checkpoints and the sink; closed unread{}",
+                    LogLimit::note(held_back)
+                );
+            }
+            conn.close().await;
+            glommio::yield_if_needed().await;
             continue;
         }
         CoreMetrics::add(&m.connections_accepted, 1);
@@ -400,5 +525,47 @@ fn report_end<A: App>(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// `set_keepalive` on a real loopback connection: keepalive on, with the idle time, interval
+    /// and probe count the engine promises.
+    #[test]
+    fn set_keepalive_turns_keepalive_on_with_its_timings() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        for s in [&client, &accepted] {
+            let sock = socket2::SockRef::from(s);
+            assert!(!sock.keepalive().unwrap(), "off by default");
+            set_keepalive(s.as_raw_fd()).unwrap();
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        }
+    }
+
+    /// The descriptor count sees a descriptor opened and closed.
+    #[test]
+    fn open_descriptors_are_counted() {
+        let before = count_open_fds().unwrap();
+        let files: Vec<_> = (0..10)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let during = count_open_fds().unwrap();
+        drop(files);
+        // Other tests run in parallel threads and open descriptors too: only a lower bound.
+        assert!(during >= 10, "{before} then {during}");
+        assert!(
+            fd_limit().is_some(),
+            "a test process has a descriptor limit"
+        );
     }
 }

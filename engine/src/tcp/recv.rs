@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -41,6 +42,9 @@ impl Accept for RecvAccept {
             .accept()
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Err(e) = super::set_keepalive(stream.as_raw_fd()) {
+            tracing::debug!("cannot turn TCP keepalive on for an accepted connection: {e}");
+        }
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));

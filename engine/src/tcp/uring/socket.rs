@@ -123,6 +123,9 @@ impl Accept for UringAccept {
             // SAFETY: a successful accept completion's result is a new descriptor that only this
             // completion names; the socket takes ownership and closes it.
             let stream = unsafe { Socket::from_raw_fd(c.res) };
+            if let Err(e) = crate::tcp::set_keepalive(stream.as_raw_fd()) {
+                tracing::debug!("cannot turn TCP keepalive on for an accepted connection: {e}");
+            }
             let peer = stream
                 .peer_addr()
                 .ok()
