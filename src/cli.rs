@@ -117,8 +117,8 @@ pub struct BenchArgs {
     /// the full-speed rate; 0 skips it).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Seconds of the fixed-rate phase.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds of the fixed-rate phase (at most a year).
+    #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
     pub duration: f64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -189,7 +189,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub cores: Option<usize>,
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
-    #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME)]
+    #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME,
+          value_parser = size_parser(1, MAX_FRAME))]
     pub max_frame: usize,
     /// Checkpoint all state (and a file source's read position) into DIR, and on start
     /// resume from the newest checkpoint in it. A TCP source cannot replay: frames received
@@ -201,7 +202,8 @@ pub struct ServeArgs {
     pub checkpoint_interval: Duration,
     /// Open connections each core accepts; further ones are closed at once, unread (logged,
     /// counted in connections_refused).
-    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections_per_core)]
+    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections_per_core,
+          value_parser = size_parser(1, MAX_CONNECTIONS_PER_CORE))]
     pub max_connections_per_core: usize,
     /// Close a connection that sent part of a frame and then nothing for this long (slow
     /// loris); its partial frame is dropped. Connections idle between frames stay open.
@@ -210,12 +212,20 @@ pub struct ServeArgs {
     pub idle_timeout: Duration,
     /// Bytes of output each core holds for a slow or absent receiver before it stops reading
     /// its sources (TCP flow control then slows the senders).
-    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().sink_buffer)]
+    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().sink_buffer,
+          value_parser = size_parser(1, MAX_SINK_BUFFER))]
     pub sink_buffer: usize,
     /// After SIGINT/SIGTERM, how long an unreachable or stalled receiver may take nothing before
     /// the output still held for it is dropped (the server then exits 1, saying how much).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// With --resilience-dir, when the directory holds checkpoints and none of them can be read
+    /// (damaged, from another build, unreadable): start from empty state instead of refusing to
+    /// start. The unreadable checkpoints are moved aside (renamed `unreadable-ckpt-…`), never
+    /// deleted. It does not override a checkpoint refused for another reason (another source
+    /// kind, another file).
+    #[arg(long)]
+    pub start_empty_if_unreadable: bool,
 }
 
 impl ServeArgs {
@@ -239,11 +249,34 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             sink_buffer: self.sink_buffer,
             shutdown_grace: self.shutdown_grace,
+            start_empty_if_unreadable: self.start_empty_if_unreadable,
         }
     }
 }
 
-/// Parses a duration: a number of seconds (`1.5`), or a number with `ms`, `s`, `m` or `h`.
+/// The longest duration any flag takes: 365 days. Longer values are refused when the flags are
+/// parsed, because the server adds them to `Instant::now()` (idle timers, checkpoint and stop
+/// deadlines), which panics or wraps far below `Duration::MAX`; nobody means more than a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest `--max-frame`: a frame's length header has 32 bits.
+pub const MAX_FRAME: usize = u32::MAX as usize;
+
+/// The largest `--max-connections-per-core`: 2^24, already more open descriptors than Linux
+/// lets one process hold by default (1,048,576) sixteen times over.
+pub const MAX_CONNECTIONS_PER_CORE: usize = 1 << 24;
+
+/// The largest `--sink-buffer`: 1 TiB per core (the flag bounds memory; more bounds nothing).
+pub const MAX_SINK_BUFFER: usize = 1 << 40;
+
+/// A clap value parser for a count or a size in bytes between `min` and `max`: anything else
+/// (including a number too large for the type) is refused with clap's error naming the flag.
+pub fn size_parser(min: u64, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..=max as u64)
+}
+
+/// Parses a duration: a number of seconds (`1.5`), or a number with `ms`, `s`, `m` or `h`; at
+/// most [`MAX_DURATION`].
 ///
 /// ```
 /// use bettong::cli::parse_duration;
@@ -252,8 +285,39 @@ impl ServeArgs {
 /// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
 /// assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
 /// assert!(parse_duration("soon").is_err());
+/// assert!(parse_duration("10000000000000000000").is_err());
+/// assert!(parse_duration("8761h").is_err());
+/// assert_eq!(parse_duration("8760h"), Ok(bettong::cli::MAX_DURATION));
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is too long: a duration is at most 365 days ({}s)",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`] for the flags kept as seconds in an `f64` (`bench --duration`,
+/// `receive --idle-exit`): the same forms and the same bound.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    parse_duration(s).map(|d| d.as_secs_f64())
+}
+
+/// A `send --interval` in milliseconds, at most [`MAX_DURATION`].
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let max = MAX_DURATION.as_millis() as u64;
+    match s.trim().parse::<u64>() {
+        Ok(ms) if ms <= max => Ok(ms),
+        Ok(_) => Err(format!("{s:?} is too long: at most {max} ms (365 days)")),
+        Err(e) => Err(format!("{s:?} is not a number of milliseconds: {e}")),
+    }
+}
+
+/// [`parse_duration`] without the upper bound.
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -291,8 +355,8 @@ pub struct SendArgs {
     /// Messages per write.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
-    /// Pause between batches, in milliseconds.
-    #[arg(long)]
+    /// Pause between batches, in milliseconds (at most a year).
+    #[arg(long, value_parser = parse_millis)]
     pub interval: Option<u64>,
     /// Times to send the whole input (0: until --messages, or forever).
     #[arg(long, default_value_t = 1)]
@@ -320,8 +384,8 @@ pub struct ReceiveArgs {
     /// Exit once this many lines have arrived.
     #[arg(long)]
     pub expect_lines: Option<u64>,
-    /// Exit after this many seconds without data (once a connection was seen).
-    #[arg(long)]
+    /// Exit after this many seconds without data (once a connection was seen; at most a year).
+    #[arg(long, value_parser = parse_secs)]
     pub idle_exit: Option<f64>,
     /// Receive Market Spread output (framed 55-byte order results) instead of lines: count the
     /// results (--expect-lines then counts results), check their framing and that each symbol

@@ -57,6 +57,10 @@ pub struct ServeLimits {
     /// After SIGINT/SIGTERM, how long an unreachable or stalled receiver may take nothing
     /// before the held output is dropped (and the server exits 1, saying how much).
     pub shutdown_grace: Duration,
+    /// With `--resilience-dir`: start from empty state when the directory holds checkpoints
+    /// and none can be read (`--start-empty-if-unreadable`), instead of refusing to start.
+    /// They are moved aside either way, never deleted.
+    pub start_empty_if_unreadable: bool,
 }
 
 impl Default for ServeLimits {
@@ -68,6 +72,7 @@ impl Default for ServeLimits {
             idle_timeout: source.idle_timeout,
             sink_buffer: sink.max_held_bytes,
             shutdown_grace: sink.shutdown_grace,
+            start_empty_if_unreadable: false,
         }
     }
 }
@@ -203,7 +208,9 @@ pub fn start_app<A: PersistApp>(
             if opts.checkpoint_interval.is_zero() {
                 bail!("--checkpoint-interval must be above zero");
             }
-            let checkpoints = Checkpoints::new(dir).interval(opts.checkpoint_interval);
+            let checkpoints = Checkpoints::new(dir)
+                .interval(opts.checkpoint_interval)
+                .start_empty_if_unreadable(opts.limits.start_empty_if_unreadable);
             engine.start_with_checkpoints(app, sources, sink, checkpoints)?
         }
         None => engine.start(app, sources, sink)?,
@@ -224,23 +231,136 @@ pub fn check_limits(opts: &ServeOptions) -> Result<()> {
     if limits.max_connections_per_core == 0 {
         bail!("--max-connections-per-core 0 would refuse every connection: it must be at least 1");
     }
+    if limits.max_connections_per_core > crate::cli::MAX_CONNECTIONS_PER_CORE {
+        bail!(
+            "--max-connections-per-core {} is out of range: it must be at most {}",
+            limits.max_connections_per_core,
+            crate::cli::MAX_CONNECTIONS_PER_CORE
+        );
+    }
     if limits.idle_timeout.is_zero() {
         bail!("--idle-timeout must be above zero");
     }
-    if limits.sink_buffer == 0 {
-        bail!("--sink-buffer 0 is out of range: it must be at least 1 byte");
+    if limits.sink_buffer == 0 || limits.sink_buffer > crate::cli::MAX_SINK_BUFFER {
+        bail!(
+            "--sink-buffer {} is out of range: it must be between 1 and {} bytes",
+            limits.sink_buffer,
+            crate::cli::MAX_SINK_BUFFER
+        );
+    }
+    // The engine adds these to `Instant::now()`: a longer one panics or stops a thread.
+    for (flag, d) in [
+        ("--idle-timeout", limits.idle_timeout),
+        ("--shutdown-grace", limits.shutdown_grace),
+        ("--checkpoint-interval", opts.checkpoint_interval),
+    ] {
+        if d > crate::cli::MAX_DURATION {
+            bail!("{flag} {d:?} is out of range: it must be at most 365 days");
+        }
     }
     Ok(())
 }
 
-/// Runs the word-count server until SIGINT or SIGTERM, then stops it gracefully.
+/// Runs the word-count server until SIGINT or SIGTERM, then stops it gracefully. The signal
+/// handlers are installed first, so a signal during start-up (a long checkpoint restore) stops
+/// the server gracefully as soon as it has started.
+///
+/// With `--in file:PATH`, a file that is shorter when the server stops than when it started
+/// (truncated under it, as logrotate's copytruncate does) is an error: the frames past the cut
+/// were never read, so the server exits 1 after its graceful stop, naming the file.
 pub fn serve(opts: &ServeOptions) -> Result<()> {
+    install_signal_handlers()?;
+    let file = opts
+        .input
+        .strip_prefix("file:")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let len_at_start = file
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len());
     let running = start_server(opts)?;
     let input = match running.local_addr() {
         Some(addr) => addr.to_string(),
         None => opts.input.clone(),
     };
-    run_until_signal(opts, running, &input, "word-count server")
+    run_until_signal(opts, running, &input, "word-count server")?;
+    if let (Some(path), Some(before)) = (file, len_at_start) {
+        let now = std::fs::metadata(&path).map(|m| m.len());
+        match now {
+            Ok(now) if now >= before => {}
+            Ok(now) => bail!(
+                "file:{} shrank from {before} to {now} bytes while it was being read (truncated, \
+                 as by logrotate's copytruncate): what was past the cut was never read",
+                path.display()
+            ),
+            Err(e) => bail!(
+                "file:{} went away while it was being read ({e}): it may not have been read \
+                 whole",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// What the signal thread acts on: the running server's stop handle once there is one, and
+/// how many signals came (one before the handle exists is acted on when it is set).
+struct SignalState {
+    stop: std::sync::Mutex<Option<bettong_engine::StopHandle>>,
+    seen: std::sync::atomic::AtomicUsize,
+    installed: std::sync::Mutex<bool>,
+}
+
+static SIGNALS: SignalState = SignalState {
+    stop: std::sync::Mutex::new(None),
+    seen: std::sync::atomic::AtomicUsize::new(0),
+    installed: std::sync::Mutex::new(false),
+};
+
+/// Installs the SIGINT/SIGTERM handlers and their thread, once per process (later calls do
+/// nothing). The first signal stops the server gracefully, at once if it runs, else as soon as
+/// [`run_until_signal`] gets it; a second exits at once with status 130.
+pub fn install_signal_handlers() -> Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut installed = SIGNALS.installed.lock().unwrap_or_else(|e| e.into_inner());
+    if *installed {
+        return Ok(());
+    }
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing the SIGINT/SIGTERM handlers")?;
+    std::thread::Builder::new()
+        .name("bettong-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let seen = SIGNALS.seen.fetch_add(1, SeqCst) + 1;
+                if seen == 1 {
+                    let stop = SIGNALS.stop.lock().unwrap_or_else(|e| e.into_inner());
+                    match stop.as_ref() {
+                        Some(stop) => {
+                            tracing::info!(
+                                "signal {sig}: stopping: no new connections, finishing the \
+                                 frames received, flushing output (signal again to exit at once)"
+                            );
+                            stop.stop();
+                        }
+                        None => tracing::info!(
+                            "signal {sig} during start-up: stopping gracefully as soon as the \
+                             server has started (signal again to exit at once)"
+                        ),
+                    }
+                } else {
+                    tracing::warn!("second signal {sig}: exiting at once without flushing");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    *installed = true;
+    Ok(())
 }
 
 /// Prints the ready line, runs until SIGINT or SIGTERM, stops gracefully, prints the stopped
@@ -251,32 +371,17 @@ pub fn run_until_signal(
     input: &str,
     what: &str,
 ) -> Result<()> {
+    install_signal_handlers()?;
     print_line(&ready_line(input, running.cpus().len()));
     let stop = running.stop_handle();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing the SIGINT/SIGTERM handlers")?;
-    std::thread::Builder::new()
-        .name("bettong-signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for sig in signals.forever() {
-                seen += 1;
-                if seen == 1 {
-                    tracing::info!(
-                        "signal {sig}: stopping: no new connections, finishing the frames \
-                         received, flushing output (signal again to exit at once)"
-                    );
-                    stop.stop();
-                } else {
-                    tracing::warn!("second signal {sig}: exiting at once without flushing");
-                    std::process::exit(130);
-                }
-            }
-        })
-        .context("starting the signal thread")?;
+    *SIGNALS.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+    // A signal that came during start-up found no handle: act on it now.
+    if SIGNALS.seen.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        tracing::info!(
+            "started after a signal: stopping: finishing the frames received, flushing output"
+        );
+        stop.stop();
+    }
     let report = running
         .join()
         .with_context(|| format!("running the {what}"))?;

@@ -49,7 +49,7 @@ pub use format::SourceMark;
 pub(crate) use participant::{run_initiator, CkOps, Participant};
 pub use participant::{PersistApp, PersistStages};
 pub use persist::Persist;
-pub(crate) use recovery::{scan, Decoders, Valid};
+pub(crate) use recovery::{open, scan, Decoders, DirLock, Valid, LOCK_FILE, MAX_ID};
 
 use crate::Error;
 
@@ -66,16 +66,20 @@ pub struct Checkpoints {
     pub(crate) dir: PathBuf,
     pub(crate) interval: Duration,
     pub(crate) keep: usize,
+    pub(crate) start_empty_if_unreadable: bool,
 }
 
 impl Checkpoints {
     /// Checkpoints in `dir` (created if missing) every second. Restarting with the same
-    /// directory resumes from the newest checkpoint in it.
+    /// directory resumes from the newest checkpoint in it. The engine holds an exclusive lock
+    /// on the directory (`flock` on its `LOCK` file, which holds the engine's pid) while it
+    /// runs: a second engine on the same directory is refused at once.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Checkpoints {
             dir: dir.into(),
             interval: Duration::from_secs(1),
             keep: 2,
+            start_empty_if_unreadable: false,
         }
     }
 
@@ -89,6 +93,16 @@ impl Checkpoints {
     /// the one a restart falls back to if the newest is damaged). Older ones are deleted.
     pub fn keep(mut self, n: usize) -> Self {
         self.keep = n.max(2);
+        self
+    }
+
+    /// What to do when the directory holds committed checkpoints and none of them can be read
+    /// (damaged, written by another build or pipeline, or not readable by this process). By
+    /// default (`false`) the engine refuses to start, naming each checkpoint and why it failed.
+    /// With `true` it starts from empty state. Either way no unreadable checkpoint is ever
+    /// deleted: one the engine skips is moved aside, renamed `unreadable-ckpt-…-<unix time>`.
+    pub fn start_empty_if_unreadable(mut self, yes: bool) -> Self {
+        self.start_empty_if_unreadable = yes;
         self
     }
 
@@ -179,7 +193,7 @@ pub fn read<S: Persist>(dir: &Path, id: u64) -> Result<Checkpoint<S>, Error> {
     };
     let v = recovery::load(&cdir, id, &decoders).map_err(|why| Error::Io {
         what: format!("reading checkpoint {id} in {}", dir.display()),
-        source: std::io::Error::other(why),
+        source: std::io::Error::other(why.to_string()),
     })?;
     Ok(to_checkpoint(&v, &codec))
 }

@@ -62,6 +62,9 @@ pub(crate) struct FilePlan {
     pub path: PathBuf,
     /// Bytes of whole frames in the file: the end of the last range.
     pub len: u64,
+    /// The [`fingerprint`] of the file's first `len` bytes (its identity across restarts,
+    /// with `path`).
+    pub fingerprint: u64,
     /// `[start, end)` ranges per core, in reading order.
     pub per_core: Vec<Vec<(u64, u64)>>,
 }
@@ -71,6 +74,34 @@ impl FilePlan {
     pub(crate) fn remaining(&self) -> u64 {
         self.per_core.iter().flatten().map(|(a, b)| b - a).sum()
     }
+}
+
+/// Bytes hashed at each end of a file's [`fingerprint`].
+const FINGERPRINT_EDGE: u64 = 4096;
+
+/// A fingerprint of the first `len` bytes of `file`: FNV-1a (64 bits) over `len`, the first
+/// 4 KiB and the last 4 KiB before `len`. A file replaced by another one of the same length
+/// almost surely differs in one of them; a file appended to keeps the fingerprint of its first
+/// `len` bytes.
+pub(crate) fn fingerprint(file: &File, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&len.to_le_bytes());
+    let head = len.min(FINGERPRINT_EDGE);
+    let tail_at = len.saturating_sub(FINGERPRINT_EDGE).max(head);
+    let mut buf = vec![0u8; head as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    eat(&buf);
+    buf.resize((len - tail_at) as usize, 0);
+    file.read_exact_at(&mut buf, tail_at)?;
+    eat(&buf);
+    Ok(h)
 }
 
 /// Plans which ranges each of `cores` cores reads: the whole file split evenly, or, when
@@ -93,9 +124,20 @@ pub(crate) fn plan(
         .len();
     let mut walker = Walker::new(file, &path, file_len);
     let (len, mut ranges) = match resume {
+        Some(SourceMark::Unreplayable { kind }) => {
+            return Err(Error::Io {
+                what: format!("resuming file:{shown}"),
+                source: io::Error::other(format!(
+                    "the checkpoint was taken by a run reading {kind}, which records no file \
+                     read position: reading the file from its start would count it again on \
+                     top of the restored state; use another checkpoint directory"
+                )),
+            });
+        }
         Some(SourceMark::File {
             path: old,
             len: old_len,
+            fingerprint: old_fingerprint,
             ranges,
         }) => {
             if *old != path {
@@ -119,6 +161,28 @@ pub(crate) fn plan(
                     )),
                 });
             }
+            let file = walker.r.get_ref();
+            match old_fingerprint {
+                Some(old_fp) => {
+                    let now = fingerprint(file, *old_len).map_err(|e| io("cannot read", e))?;
+                    if now != *old_fp {
+                        return Err(Error::Io {
+                            what: format!("resuming file:{shown}"),
+                            source: io::Error::other(format!(
+                                "its first {old_len} bytes are not those the checkpoint was \
+                                 taken on (content fingerprint {now:016x}, the checkpoint \
+                                 recorded {old_fp:016x}): the file was replaced, so the read \
+                                 positions in the checkpoint mean nothing; resume with the \
+                                 original file, or start over with an empty checkpoint directory"
+                            )),
+                        });
+                    }
+                }
+                None => tracing::warn!(
+                    "the checkpoint predates content fingerprints: only the path and length of \
+                     file:{shown} are checked before resuming it"
+                ),
+            }
             let mut ranges = ranges.clone();
             let end = walker
                 .whole_frames_end(*old_len)
@@ -133,7 +197,7 @@ pub(crate) fn plan(
             }
             (end, ranges)
         }
-        _ => {
+        None => {
             let (end, cuts) = walker
                 .split(0, file_len, cores)
                 .map_err(|e| io("cannot read", e))?;
@@ -180,9 +244,11 @@ pub(crate) fn plan(
     for rs in &mut per_core {
         rs.sort_unstable();
     }
+    let fingerprint = fingerprint(walker.r.get_ref(), len).map_err(|e| io("cannot read", e))?;
     Ok(FilePlan {
         path,
         len,
+        fingerprint,
         per_core,
     })
 }
@@ -367,6 +433,22 @@ pub(crate) async fn run_file_source<A: App>(
                     break 'ranges;
                 }
             };
+            if buf.is_empty() {
+                // The file ends at or before `pos`: it shrank under us (logrotate's
+                // copytruncate, a rewrite). Reading on would get nothing forever.
+                let now = std::fs::metadata(&path).map_or_else(
+                    |e| format!("cannot be read ({e})"),
+                    |m| format!("has {} bytes", m.len()),
+                );
+                tracing::error!(
+                    core,
+                    "file:{shown} was truncated while being read: it now {now}, but core {core} \
+                     was to read up to offset {end} and is at {pos}; core {core} stops reading \
+                     it ({} bytes of its share unread)",
+                    end - pos
+                );
+                break 'ranges;
+            }
             let from = Span {
                 file: &shown,
                 start: pos,
@@ -494,6 +576,7 @@ mod tests {
         let mark = SourceMark::File {
             path: plan1.path.clone(),
             len: plan1.len,
+            fingerprint: Some(plan1.fingerprint),
             ranges: vec![],
         };
         let plan2 = plan(&FileSourceConfig::new(&p), 2, Some(&mark)).unwrap();
@@ -512,6 +595,11 @@ mod tests {
         let mark = SourceMark::File {
             path: abs,
             len: bytes.len() as u64,
+            fingerprint: Some(
+                plan(&FileSourceConfig::new(&p), 1, None)
+                    .unwrap()
+                    .fingerprint,
+            ),
             ranges: left.clone(),
         };
         for cores in [1, 2, 3, 8] {
@@ -528,6 +616,7 @@ mod tests {
         let other = SourceMark::File {
             path: "/elsewhere.bin".into(),
             len: bytes.len() as u64,
+            fingerprint: None,
             ranges: left,
         };
         let err = plan(&FileSourceConfig::new(&p), 2, Some(&other)).unwrap_err();
@@ -535,6 +624,52 @@ mod tests {
         std::fs::write(&p, &bytes[..100]).unwrap();
         let err = plan(&FileSourceConfig::new(&p), 2, Some(&mark)).unwrap_err();
         assert!(err.to_string().contains("truncated or replaced"), "{err}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    /// A file replaced by another of the same length is refused, naming the fingerprints; one
+    /// appended to resumes; a checkpoint of a TCP run is refused; a manifest without a
+    /// fingerprint (written before they were recorded) still resumes.
+    #[test]
+    fn resume_checks_the_content_fingerprint_and_the_source_kind() {
+        let bytes = framed(3000);
+        let bounds = boundaries(&bytes);
+        let p = temp("fingerprint", &bytes);
+        let first = plan(&FileSourceConfig::new(&p), 2, None).unwrap();
+        let mark = |fingerprint| SourceMark::File {
+            path: first.path.clone(),
+            len: first.len,
+            fingerprint,
+            ranges: vec![(bounds[100], first.len)],
+        };
+        // Appended to: the first `len` bytes keep their fingerprint.
+        let mut grown = bytes.clone();
+        grown.extend_from_slice(&framed(5));
+        std::fs::write(&p, &grown).unwrap();
+        plan(
+            &FileSourceConfig::new(&p),
+            2,
+            Some(&mark(Some(first.fingerprint))),
+        )
+        .unwrap();
+        // Same length, other content at the end (or at the start): refused.
+        for at in [bytes.len() - 2, 10] {
+            let mut other = bytes.clone();
+            other[at] ^= 0x20;
+            std::fs::write(&p, &other).unwrap();
+            let err = plan(
+                &FileSourceConfig::new(&p),
+                2,
+                Some(&mark(Some(first.fingerprint))),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("the file was replaced"), "{err}");
+            // Without a recorded fingerprint only the length is checked.
+            plan(&FileSourceConfig::new(&p), 2, Some(&mark(None))).unwrap();
+        }
+        let tcp = SourceMark::Unreplayable { kind: "tcp".into() };
+        let err = plan(&FileSourceConfig::new(&p), 2, Some(&tcp)).unwrap_err();
+        assert!(err.to_string().contains("reading tcp"), "{err}");
         std::fs::remove_file(p).unwrap();
     }
 }

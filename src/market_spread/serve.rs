@@ -78,6 +78,8 @@ fn addr(running: &Running, i: usize) -> String {
 /// Runs the Market Spread server until SIGINT or SIGTERM, then stops it gracefully. Its ready
 /// line's `in` is `Orders@HOST:PORT,Nbbo@HOST:PORT` with the ports it really listens on.
 pub fn serve(opts: &ServeOptions) -> Result<()> {
+    // Before start-up, so a signal during a long restore stops gracefully.
+    crate::serve::install_signal_handlers()?;
     let running = start(opts)?;
     let input = format!("Orders@{},Nbbo@{}", addr(&running, 0), addr(&running, 1));
     run_until_signal(opts, running, &input, "Market Spread server")

@@ -7,6 +7,9 @@ mod support;
 
 mod engine_api;
 mod engine_general;
+mod hardening_checkpoints;
+mod hardening_flags;
+mod hardening_sink;
 mod market_spread_bench;
 mod market_spread_e2e;
 mod recovery_e2e;

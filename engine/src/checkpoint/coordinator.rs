@@ -94,7 +94,11 @@ impl Link {
 /// What the engine's source is, for the manifest.
 #[derive(Debug, Clone)]
 pub(crate) enum SourceKind {
-    File { path: PathBuf, len: u64 },
+    File {
+        path: PathBuf,
+        len: u64,
+        fingerprint: u64,
+    },
     Unreplayable(String),
 }
 
@@ -109,6 +113,11 @@ pub(crate) struct CoordinatorConfig {
     pub next_id: u64,
     /// The checkpoint this run restored from: kept until a newer one is committed.
     pub restored: Option<u64>,
+    /// Checkpoints that could not be read and are still in place: never deleted.
+    pub protected: Vec<u64>,
+    /// The directory's lock: held until the coordinator thread ends (after the final commit).
+    #[allow(dead_code)] // held, never read
+    pub lock: super::recovery::DirLock,
     pub source: SourceKind,
     pub metrics: Metrics,
 }
@@ -431,7 +440,11 @@ impl Committer {
         self.wait_for_sinks(id, parts)?;
         let source = match &self.cfg.source {
             SourceKind::Unreplayable(kind) => SourceMark::Unreplayable { kind: kind.clone() },
-            SourceKind::File { path, len } => {
+            SourceKind::File {
+                path,
+                len,
+                fingerprint,
+            } => {
                 let mut ranges: Vec<(u64, u64)> = parts
                     .iter()
                     .flat_map(|c| c.ranges.iter().copied())
@@ -441,6 +454,7 @@ impl Committer {
                 SourceMark::File {
                     path: path.clone(),
                     len: *len,
+                    fingerprint: Some(*fingerprint),
                     ranges,
                 }
             }
@@ -501,7 +515,9 @@ impl Committer {
         }
     }
 
-    /// Deletes every checkpoint directory but the kept ones (`latest` and those before it).
+    /// Deletes every checkpoint directory older than `latest` but the kept ones. Checkpoints
+    /// this run could not read were moved aside at start (or, if that failed, are in
+    /// `protected`): never deleted.
     fn collect_garbage(&self, latest: u64) {
         let Ok(entries) = fs::read_dir(&self.cfg.dir) else {
             return;
@@ -511,7 +527,7 @@ impl Committer {
             let Some(id) = name.to_str().and_then(parse_checkpoint_dir_name) else {
                 continue;
             };
-            if self.kept.contains(&id) || id > latest {
+            if self.kept.contains(&id) || id >= latest || self.cfg.protected.contains(&id) {
                 continue;
             }
             if let Err(err) = fs::remove_dir_all(e.path()) {

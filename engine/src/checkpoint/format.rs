@@ -124,6 +124,10 @@ pub enum SourceMark {
         path: PathBuf,
         /// Bytes of whole frames in the file when the layout was made.
         len: u64,
+        /// A fingerprint of the file's first `len` bytes (its length, first and last 4 KiB):
+        /// a file replaced by another of the same length is not resumed at foreign offsets.
+        /// `None` in manifests written before fingerprints were recorded.
+        fingerprint: Option<u64>,
         /// `[start, end)` ranges not yet read; everything else of `0..len` has been.
         ranges: Vec<(u64, u64)>,
     },
@@ -171,11 +175,19 @@ impl Manifest {
             SourceMark::Unreplayable { kind } => {
                 let _ = writeln!(s, "source {kind}");
             }
-            SourceMark::File { path, len, ranges } => {
+            SourceMark::File {
+                path,
+                len,
+                fingerprint,
+                ranges,
+            } => {
                 let _ = writeln!(s, "source file");
                 let _ = writeln!(s, "# path {:?}", path);
                 let _ = writeln!(s, "file_path_hex {}", hex(path_bytes(path)));
                 let _ = writeln!(s, "file_len {len}");
+                if let Some(f) = fingerprint {
+                    let _ = writeln!(s, "file_fingerprint {f:016x}");
+                }
                 for (a, b) in ranges {
                     let _ = writeln!(s, "range {a} {b}");
                 }
@@ -218,6 +230,7 @@ impl Manifest {
         let mut shards = Vec::new();
         let mut kind = None;
         let (mut path, mut len, mut ranges) = (None, None, Vec::new());
+        let mut fingerprint = None;
         for line in lines {
             let bad = || format!("line {line:?} is malformed");
             let num = |s: Option<&str>| s.and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
@@ -254,6 +267,10 @@ impl Manifest {
                     path = Some(path_from_bytes(bytes));
                 }
                 Some("file_len") => len = Some(num(w.next())?),
+                Some("file_fingerprint") => {
+                    let h = w.next().filter(|h| h.len() == 16).ok_or_else(bad)?;
+                    fingerprint = Some(u64::from_str_radix(h, 16).map_err(|_| bad())?);
+                }
                 Some("range") => {
                     let (a, b) = (num(w.next())?, num(w.next())?);
                     if a > b {
@@ -275,6 +292,7 @@ impl Manifest {
                 SourceMark::File {
                     path: path.ok_or_else(|| missing("file_path_hex"))?,
                     len,
+                    fingerprint,
                     ranges,
                 }
             }
@@ -492,7 +510,14 @@ mod tests {
             SourceMark::File {
                 path: "/tmp/a b\nc.bin".into(),
                 len: 1000,
+                fingerprint: Some(0x0123_4567_89ab_cdef),
                 ranges: vec![(10, 500), (600, 1000)],
+            },
+            SourceMark::File {
+                path: "/x".into(),
+                len: 10,
+                fingerprint: None,
+                ranges: vec![],
             },
         ] {
             let m = manifest(source);
@@ -511,6 +536,28 @@ mod tests {
                 assert!(Manifest::parse(&b).is_err(), "flip at {i}");
             }
         }
+    }
+
+    /// A manifest written before fingerprints were recorded still reads, without one.
+    #[test]
+    fn manifest_without_a_fingerprint_still_reads() {
+        let mut body = String::from(
+            "bettong checkpoint manifest v1\nid 3\ncreated_unix_ms 5\ncores 1\n\
+             shard 0 keys 0 log 0 bytes 40 crc32 00000001\nsource file\n\
+             file_path_hex 2f78\nfile_len 10\nrange 4 10\n",
+        );
+        let crc = crc32fast::hash(body.as_bytes());
+        body.push_str(&format!("crc32 {crc:08x}\n"));
+        let m = Manifest::parse(body.as_bytes()).unwrap();
+        assert_eq!(
+            m.source,
+            SourceMark::File {
+                path: "/x".into(),
+                len: 10,
+                fingerprint: None,
+                ranges: vec![(4, 10)],
+            }
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::{
-    describe_source, scan, Checkpoints, CkOps, Coordinator, CoordinatorConfig, Decoders, Link,
-    SourceKind, Valid,
+    describe_source, open, Checkpoints, CkOps, Coordinator, CoordinatorConfig, Decoders, DirLock,
+    Link, SourceKind, SourceMark, Valid,
 };
 use crate::file_source::FilePlan;
 use crate::metrics::Metrics;
@@ -40,6 +40,10 @@ impl<A: App> Clone for CoreCkSetup<A> {
 pub(crate) struct Recovery {
     pub valid: Option<Valid>,
     pub next_id: u64,
+    /// The directory's lock, held for the run (by the coordinator once it starts).
+    pub lock: DirLock,
+    /// Unreadable checkpoints left in place: never deleted.
+    pub protected: Vec<u64>,
 }
 
 /// Opens (or creates) the checkpoint directory and finds the newest usable checkpoint in it,
@@ -60,13 +64,31 @@ pub(crate) fn recover<A: App>(
     })?;
     let state = |stage: usize, key: &[u8], b: &[u8]| (ops.check)(chain, stage, key, Some(b), None);
     let value = |stage: usize, key: &[u8], b: &[u8]| (ops.check)(chain, stage, key, None, Some(b));
-    let found = scan(
+    let opened = open(
         dir,
         &Decoders {
             state: &state,
             value: &value,
         },
+        cfg.start_empty_if_unreadable,
     )?;
+    let found = opened.scan;
+    if let Some(v) = &found.latest {
+        // A checkpoint of a run without a file records no read position: resuming a file from
+        // it would read the whole file again on top of the restored state.
+        let file = sources.iter().find_map(|s| match s {
+            SourceConfig::File(f) => Some(f),
+            _ => None,
+        });
+        if let (Some(f), SourceMark::Unreplayable { kind }) = (file, &v.manifest.source) {
+            return Err(Error::CheckpointSourceMismatch {
+                dir: dir.clone(),
+                id: v.manifest.id,
+                kind: kind.clone(),
+                file: f.path.clone(),
+            });
+        }
+    }
     match &found.latest {
         Some(v) => {
             let m = &v.manifest;
@@ -108,6 +130,8 @@ pub(crate) fn recover<A: App>(
     Ok(Recovery {
         valid: found.latest,
         next_id: found.max_id + 1,
+        lock: opened.lock,
+        protected: opened.protected,
     })
 }
 
@@ -128,6 +152,7 @@ pub(crate) fn start_coordinator<A: App>(
         Some(p) => SourceKind::File {
             path: p.path.clone(),
             len: p.len,
+            fingerprint: p.fingerprint,
         },
         None => {
             let kinds: Vec<&str> = sources
@@ -154,6 +179,8 @@ pub(crate) fn start_coordinator<A: App>(
         cores: n,
         next_id: rec.next_id,
         restored: restored_id,
+        protected: rec.protected,
+        lock: rec.lock,
         source,
         metrics: metrics.clone(),
     })?;
