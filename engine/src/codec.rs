@@ -254,7 +254,8 @@ pub struct ReadBuf {
 }
 
 impl ReadBuf {
-    /// A buffer of `capacity` bytes (it grows only to hold a single frame larger than that).
+    /// A buffer of `capacity` bytes (it grows only to hold a single frame larger than that, and
+    /// then only as that frame's bytes arrive).
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(HEADER_LEN * 2);
         ReadBuf {
@@ -323,15 +324,19 @@ impl ReadBuf {
             self.start = 0;
             self.end = pending;
         }
-        // A frame bigger than the buffer grows it to hold exactly that frame. This is bounded by
-        // the maximum frame size, since an oversized header is rejected before we get here. A
-        // partial frame is always shorter than its full size, so some room is always left.
+        // A frame bigger than the buffer grows it, geometrically as its bytes arrive (never
+        // past that frame's size, and so never past the maximum frame size, since an oversized
+        // header is rejected before we get here): a header alone reserves nothing, so a client
+        // announcing a large frame and sending little of it holds little memory. A partial frame
+        // is always shorter than its full size, so some room is always left.
         let need = decoder
             .frame_size(self.pending())
             .unwrap_or(0)
             .max(self.base_capacity);
-        if need > self.buf.len() {
-            self.buf.resize(need, 0);
+        let room = self.buf.len() - self.end;
+        if need > self.buf.len() && room < (self.base_capacity / 4).max(1) {
+            let grown = self.buf.len().saturating_mul(2).max(self.base_capacity);
+            self.buf.resize(grown.min(need), 0);
         } else if pending == 0 && self.buf.len() > self.base_capacity {
             // Give the memory back once a large frame has gone through.
             self.buf.truncate(self.base_capacity);
@@ -419,5 +424,35 @@ mod tests {
         assert_eq!(got, vec![5000]);
         let _ = rb.spare(&dec);
         assert_eq!(rb.buf.len(), 64);
+    }
+
+    /// A header announcing a large frame reserves nothing: the buffer grows (at most doubling)
+    /// only as the frame's bytes arrive, and never past the frame.
+    #[test]
+    fn buffer_grows_with_the_bytes_received_not_the_announced_size() {
+        let dec = FrameDecoder::new(1 << 20);
+        let payload = vec![b'x'; 1 << 20];
+        let mut wire = Vec::new();
+        encode_frame(&payload, &mut wire);
+        let mut rb = ReadBuf::with_capacity(1024);
+        let mut fed = 0;
+        let mut got = 0;
+        while fed < wire.len() {
+            let spare = rb.spare(&dec);
+            let n = spare.len().min(wire.len() - fed).min(300);
+            spare[..n].copy_from_slice(&wire[fed..fed + n]);
+            rb.filled_by(n);
+            fed += n;
+            rb.drain_frames(&dec, |f| got += f.len()).unwrap();
+            let held = rb.pending().len();
+            // (Once the frame is whole, the next `spare` shrinks the buffer back.)
+            assert!(
+                held == 0 || rb.buf.len() <= 2 * held + 1024,
+                "{} bytes of buffer for {held} received",
+                rb.buf.len()
+            );
+            assert!(rb.buf.len() <= wire.len());
+        }
+        assert_eq!(got, 1 << 20);
     }
 }

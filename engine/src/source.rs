@@ -23,6 +23,9 @@ pub enum SourceConfig {
     File(crate::FileSourceConfig),
 }
 
+/// The default [`TcpSourceConfig::partial_frame_budget`]: 128 MiB per core.
+pub const DEFAULT_PARTIAL_FRAME_BUDGET: usize = 128 << 20;
+
 /// Settings of the TCP source.
 #[derive(Debug, Clone)]
 pub struct TcpSourceConfig {
@@ -39,6 +42,14 @@ pub struct TcpSourceConfig {
     /// A connection that has sent part of a frame and then nothing for this long is closed (slow
     /// loris). Connections idle between frames are left open.
     pub idle_timeout: Duration,
+    /// A connection whose frame is not whole after this much time spent waiting for its bytes,
+    /// counted from the frame's first byte, is closed (a slow loris that keeps sending a byte
+    /// now and then, within `idle_timeout`). Time the core spent not reading (backpressure) does
+    /// not count. The default is three times `idle_timeout`'s default.
+    pub frame_timeout: Duration,
+    /// Bytes of partial frames (received, not yet whole) all of one core's connections may hold
+    /// together. Past it the connections holding the most are closed until the rest fit.
+    pub partial_frame_budget: usize,
     /// How sockets are read: see [`IoBackend`].
     pub io: IoBackend,
 }
@@ -93,6 +104,8 @@ impl TcpSourceConfig {
             read_buffer: 64 * 1024,
             max_connections_per_core: 10_000,
             idle_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(90),
+            partial_frame_budget: DEFAULT_PARTIAL_FRAME_BUDGET,
             io: IoBackend::DEFAULT,
         }
     }

@@ -28,6 +28,13 @@
 //!   frames stays open however long. Only time spent waiting for the client counts (one wait
 //!   for its bytes lasting that long), never time the core spent not reading because its sink or
 //!   rings were full or it had no receive buffer.
+//! - `frame_timeout`: a connection whose frame is still not whole after that much time spent
+//!   waiting for its bytes, counted from the frame's first byte, is closed the same way
+//!   (`connections_idle_closed`): a byte now and then no longer keeps a partial frame alive.
+//! - `partial_frame_budget`: the bytes of partial frames all of a core's connections hold
+//!   ([`PartialBudget`]). Past it, the connections holding the most are closed (their partial
+//!   frames dropped, `connections_over_budget`) until the rest fit. Both backends grow a partial
+//!   frame's memory only with the bytes received, never to the size its header announces.
 //!
 //! A connection that ends or fails inside a frame loses that partial frame only
 //! (`connections_truncated`). On shutdown the core stops accepting, stops reading, decodes what
@@ -37,7 +44,7 @@ pub(crate) mod log_limit;
 mod recv;
 pub(crate) mod uring;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -257,8 +264,109 @@ pub(crate) enum Ended {
     Failed(io::Error),
     /// The connection sat inside a partial frame for the idle timeout.
     Idle,
+    /// The connection's frame was not whole within the frame timeout.
+    Slow,
+    /// The core's partial frames went over their budget and this connection held the most.
+    OverBudget,
     /// The core is shutting down.
     Stopped,
+}
+
+/// One core's partial frames against `partial_frame_budget`: every connection reports the bytes
+/// of the partial frame it holds, and when their sum goes over the budget the connections
+/// holding the most are marked to close (and woken) until the rest fit.
+pub(crate) struct PartialBudget {
+    limit: usize,
+    held: Cell<usize>,
+    slots: RefCell<Vec<Rc<PartialSlot>>>,
+}
+
+/// One connection's entry in its core's [`PartialBudget`].
+#[derive(Default)]
+pub(crate) struct PartialSlot {
+    bytes: Cell<usize>,
+    index: Cell<usize>,
+    evicted: Cell<bool>,
+    wake: Notify,
+}
+
+impl PartialSlot {
+    /// Marked to close: the core's partial frames went over their budget.
+    fn evicted(&self) -> bool {
+        self.evicted.get()
+    }
+}
+
+impl PartialBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        PartialBudget {
+            limit,
+            held: Cell::new(0),
+            slots: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Partial frame bytes held by the connections not marked to close.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    /// A new connection's slot (holding nothing).
+    pub(crate) fn register(&self) -> Rc<PartialSlot> {
+        let slot = Rc::new(PartialSlot::default());
+        let mut slots = self.slots.borrow_mut();
+        slot.index.set(slots.len());
+        slots.push(slot.clone());
+        slot
+    }
+
+    /// The connection of `slot` ended: its bytes are no longer held.
+    pub(crate) fn unregister(&self, slot: &Rc<PartialSlot>) {
+        self.set(slot, 0);
+        let mut slots = self.slots.borrow_mut();
+        let i = slot.index.get();
+        slots.swap_remove(i);
+        if let Some(moved) = slots.get(i) {
+            moved.index.set(i);
+        }
+    }
+
+    /// The connection of `slot` now holds `bytes` of a partial frame. Returns how many
+    /// connections this marked to close (the budget was exceeded).
+    pub(crate) fn set(&self, slot: &PartialSlot, bytes: usize) -> usize {
+        if slot.evicted.get() {
+            return 0;
+        }
+        self.held.set(self.held.get() - slot.bytes.get() + bytes);
+        slot.bytes.set(bytes);
+        if self.held.get() <= self.limit {
+            return 0;
+        }
+        // Over budget: close the connections holding the most until the rest fit. Rare (only
+        // under attack or with a budget set too low), so a sort over the core's connections
+        // is cheap enough.
+        let mut holders: Vec<Rc<PartialSlot>> = self
+            .slots
+            .borrow()
+            .iter()
+            .filter(|s| s.bytes.get() > 0 && !s.evicted.get())
+            .cloned()
+            .collect();
+        holders.sort_unstable_by_key(|s| std::cmp::Reverse(s.bytes.get()));
+        let mut closed = 0;
+        for s in holders {
+            if self.held.get() <= self.limit {
+                break;
+            }
+            self.held.set(self.held.get() - s.bytes.get());
+            s.bytes.set(0);
+            s.evicted.set(true);
+            s.wake.notify();
+            closed += 1;
+        }
+        closed
+    }
 }
 
 /// Counts the live connection tasks of one core, so that shutdown can wait for them.
@@ -304,6 +412,7 @@ async fn serve<A: App, L: Accept>(
     cfg: TcpSourceConfig,
 ) {
     let tasks = Rc::new(TaskCount::default());
+    let budget = Rc::new(PartialBudget::new(cfg.partial_frame_budget));
     let core = worker.index;
     let m = worker.metrics.core(core);
     // `or` prefers its first future: without this check a steady stream of connections would
@@ -365,9 +474,11 @@ async fn serve<A: App, L: Accept>(
         }
         CoreMetrics::add(&m.connections_accepted, 1);
         let guard = tasks.enter();
-        let (worker, cfg) = (worker.clone(), cfg.clone());
+        let (worker, cfg, budget) = (worker.clone(), cfg.clone(), budget.clone());
         glommio::spawn_local(async move {
-            read_connection(&worker, source, conn, peer, &cfg).await;
+            let slot = budget.register();
+            read_connection(&worker, source, conn, peer, &cfg, &budget, &slot).await;
+            budget.unregister(&slot);
             drop(guard);
         })
         .detach();
@@ -389,6 +500,8 @@ enum Event {
     Received(Result<(), Ended>),
     Stop,
     Idle,
+    Slow,
+    OverBudget,
 }
 
 /// Reads one connection until it ends, fails, times out or the core shuts down.
@@ -398,11 +511,18 @@ async fn read_connection<A: App, C: Connection>(
     mut conn: C,
     peer: SocketAddr,
     cfg: &TcpSourceConfig,
+    budget: &PartialBudget,
+    slot: &PartialSlot,
 ) {
     let core = worker.index;
     tracing::debug!(core, %peer, "core {core}: connection from {peer}");
     let mut stopping = false;
+    // Time spent waiting for the client since the first byte of the partial frame held.
+    let mut frame_waited = Duration::ZERO;
     let ended = loop {
+        if slot.evicted() && !stopping {
+            break Ended::OverBudget;
+        }
         if !stopping && worker.shutdown.is_triggered() {
             // Under a flood bytes are always there and the waits below (which see the stop)
             // never wait: look here too, or the connection is read for as long as it sends.
@@ -435,23 +555,55 @@ async fn read_connection<A: App, C: Connection>(
             worker.shutdown.wait().await;
             Event::Stop
         };
-        let event = if inside_frame {
-            let idle = async {
-                glommio::timer::sleep(cfg.idle_timeout).await;
-                Event::Idle
-            };
-            or(or(received, stop), idle).await
-        } else {
-            or(received, stop).await
+        let evicted = async {
+            slot.wake.wait().await;
+            Event::OverBudget
         };
+        let waiting_from = Instant::now();
+        let event = if inside_frame {
+            // The idle rule (no byte for idle_timeout) and the progress rule (the frame whole
+            // within frame_timeout of waiting), whichever comes first.
+            let frame_left = cfg.frame_timeout.saturating_sub(frame_waited);
+            let timeout = async {
+                if frame_left < cfg.idle_timeout {
+                    glommio::timer::sleep(frame_left).await;
+                    Event::Slow
+                } else {
+                    glommio::timer::sleep(cfg.idle_timeout).await;
+                    Event::Idle
+                }
+            };
+            or(or(or(received, stop), evicted), timeout).await
+        } else {
+            or(or(received, stop), evicted).await
+        };
+        if inside_frame {
+            frame_waited += waiting_from.elapsed();
+        }
         match event {
             Event::Stop => continue,
             Event::Idle => break Ended::Idle,
+            Event::Slow => break Ended::Slow,
+            Event::OverBudget => break Ended::OverBudget,
             Event::Received(Err(e)) => break e,
             Event::Received(Ok(())) => {}
         }
         // Decode only while the sink can take more: a stalled sink stops the reading here.
-        match read_step(worker, source, &peer, |on_frame| conn.decode(on_frame)).await {
+        let mut completed = false;
+        let step = read_step(worker, source, &peer, |on_frame| {
+            conn.decode(&mut |frame| {
+                completed = true;
+                on_frame(frame)
+            })
+        })
+        .await;
+        // A frame completed: the partial frame held now (if any) started in this read.
+        let partial = conn.partial();
+        if completed || partial == 0 {
+            frame_waited = Duration::ZERO;
+        }
+        budget.set(slot, partial);
+        match step {
             None => continue,
             Some(Err(e)) => break e,
             Some(Ok(())) => conn.after_step().await,
@@ -525,6 +677,34 @@ fn report_end<A: App>(
                 );
             }
         }
+        Ended::Slow => {
+            CoreMetrics::add(&m.connections_idle_closed, 1);
+            if let Some(held_back) = may_log(LogKind::Closed) {
+                tracing::warn!(
+                    core,
+                    %peer,
+                    "core {core}: closing connection from {peer}: its frame was not whole after \
+                     {:?} spent waiting for it (the frame timeout; {partial} bytes of it had \
+                     arrived); that partial frame is dropped{}",
+                    cfg.frame_timeout,
+                    LogLimit::note(held_back)
+                );
+            }
+        }
+        Ended::OverBudget => {
+            CoreMetrics::add(&m.connections_over_budget, 1);
+            if let Some(held_back) = may_log(LogKind::Closed) {
+                tracing::warn!(
+                    core,
+                    %peer,
+                    "core {core}: closing connection from {peer}: the core's partial frames went \
+                     over their budget of {} bytes and it held one of the largest ({partial} \
+                     bytes); that partial frame is dropped{}",
+                    cfg.partial_frame_budget,
+                    LogLimit::note(held_back)
+                );
+            }
+        }
     }
 }
 
@@ -550,6 +730,34 @@ mod tests {
             assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
             assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
         }
+    }
+
+    /// Over the budget, the connections holding the most are marked to close until the rest
+    /// fit; marked ones are no longer counted, and leaving frees a slot.
+    #[test]
+    fn partial_budget_closes_the_largest_holders_first() {
+        let budget = PartialBudget::new(100);
+        let slots: Vec<_> = (0..4).map(|_| budget.register()).collect();
+        assert_eq!(budget.set(&slots[0], 30), 0);
+        assert_eq!(budget.set(&slots[1], 50), 0);
+        assert_eq!(budget.set(&slots[2], 10), 0);
+        assert_eq!(budget.held(), 90);
+        // 90 + 40 = 130 > 100: the largest (50) goes, leaving 80.
+        assert_eq!(budget.set(&slots[3], 40), 1);
+        assert!(slots[1].evicted() && !slots[0].evicted() && !slots[3].evicted());
+        assert_eq!(budget.held(), 80);
+        // A marked connection's later reports are ignored.
+        assert_eq!(budget.set(&slots[1], 500), 0);
+        assert_eq!(budget.held(), 80);
+        // 30 + 95 + 40 = 165: the one now holding the most (95) goes, leaving 70.
+        assert_eq!(budget.set(&slots[2], 95), 1);
+        assert!(slots[2].evicted());
+        assert_eq!(budget.held(), 70);
+        for s in &slots {
+            budget.unregister(s);
+        }
+        assert_eq!(budget.held(), 0);
+        assert!(budget.slots.borrow().is_empty());
     }
 
     /// The descriptor count sees a descriptor opened and closed.

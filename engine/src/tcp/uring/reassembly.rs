@@ -3,8 +3,10 @@
 //! A connection's bytes arrive as a sequence of provided buffers, cut wherever the kernel cut
 //! them. Every complete frame inside one buffer is handed out as a slice of that buffer. Only a
 //! frame that starts in one buffer and ends in a later one is copied, into the connection's
-//! carry buffer, which then holds exactly that one partial frame (reserved at its full size as
-//! soon as its header is known, so it is copied once). Whatever the cut, the frames are the same,
+//! carry buffer, which then holds exactly that one partial frame. The carry grows with the bytes
+//! received (at most doubling, and never past the frame's size once its header is known), not
+//! with the size a header announces: a client that announces a large frame and sends little of
+//! it holds little memory. Whatever the cut, the frames are the same,
 //! and the maximum frame size is enforced as soon as a header is complete, as [`FrameDecoder`]
 //! does for the glommio backend.
 
@@ -12,6 +14,9 @@ use crate::codec::{FrameDecoder, FrameError, FrameTooLarge, HEADER_LEN};
 
 /// Carry buffers larger than this are released after the frame that grew them.
 const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// The smallest carry allocated.
+const MIN_CAPACITY: usize = 256;
 
 /// One connection's partial frame, between buffers.
 #[derive(Debug, Default)]
@@ -42,10 +47,7 @@ impl Reassembly {
             match frame {
                 Ok(frame) => on_frame(frame.payload),
                 Err(FrameError::Truncated { offset, size }) => {
-                    if let Some(size) = size {
-                        self.carry.reserve_exact(size);
-                    }
-                    self.carry.extend_from_slice(&data[offset..]);
+                    self.append(&data[offset..], size);
                 }
                 Err(FrameError::TooLarge { error, .. }) => return Err(error),
             }
@@ -63,21 +65,19 @@ impl Reassembly {
     ) -> Result<&'a [u8], FrameTooLarge> {
         if self.carry.len() < HEADER_LEN {
             let take = (HEADER_LEN - self.carry.len()).min(data.len());
-            self.carry.extend_from_slice(&data[..take]);
+            self.append(&data[..take], None);
             data = &data[take..];
             if self.carry.len() < HEADER_LEN {
                 return Ok(data);
             }
-            // The header is whole: check it before waiting for (or reserving) its payload.
+            // The header is whole: check it before waiting for its payload.
             decoder.decode(&self.carry)?;
-            let size = decoder.frame_size(&self.carry).unwrap_or(HEADER_LEN);
-            self.carry.reserve_exact(size - self.carry.len());
         }
         let size = decoder
             .frame_size(&self.carry)
             .expect("a carried frame has its whole header here");
         let take = (size - self.carry.len()).min(data.len());
-        self.carry.extend_from_slice(&data[..take]);
+        self.append(&data[..take], Some(size));
         data = &data[take..];
         if self.carry.len() == size {
             on_frame(&self.carry[HEADER_LEN..]);
@@ -87,6 +87,23 @@ impl Reassembly {
             }
         }
         Ok(data)
+    }
+
+    /// Appends `bytes` to the carry, growing it geometrically with what has been received:
+    /// at most to twice its bytes (or to what they need), never past `size`, the whole frame's
+    /// size when its header is known.
+    fn append(&mut self, bytes: &[u8], size: Option<usize>) {
+        let need = self.carry.len() + bytes.len();
+        if need > self.carry.capacity() {
+            let mut grown = need
+                .max(self.carry.capacity().saturating_mul(2))
+                .max(MIN_CAPACITY);
+            if let Some(size) = size {
+                grown = grown.min(size).max(need);
+            }
+            self.carry.reserve_exact(grown - self.carry.len());
+        }
+        self.carry.extend_from_slice(bytes);
     }
 }
 
@@ -136,22 +153,31 @@ mod tests {
         }
     }
 
+    /// A header announcing a large frame reserves nothing: the carry grows (at most doubling,
+    /// so a few times over a frame) only as the frame's bytes arrive, and never past the frame.
     #[test]
-    fn frame_larger_than_a_buffer_is_reassembled_with_one_allocation() {
-        let big = vec![b'a'; 5000];
+    fn carry_grows_with_the_bytes_received_not_the_announced_size() {
+        let big = vec![b'a'; 1 << 20];
         let w = wire(&[b"x", &big, b"y"]);
         let dec = FrameDecoder::new(1 << 20);
         let mut r = Reassembly::default();
         let mut got = Vec::new();
         let mut capacities = Vec::new();
-        for piece in w.chunks(64) {
+        for piece in w.chunks(4096) {
             r.feed(piece, &dec, &mut |f| got.push(f.len())).unwrap();
-            capacities.push(r.carry.capacity());
+            let (held, cap) = (r.pending(), r.carry.capacity());
+            if held > 0 {
+                assert!(
+                    cap <= (2 * held).max(MIN_CAPACITY),
+                    "{cap} bytes for {held}"
+                );
+            }
+            assert!(cap <= HEADER_LEN + big.len());
+            capacities.push(cap);
         }
-        assert_eq!(got, vec![1, 5000, 1]);
-        let grown: std::collections::BTreeSet<_> =
-            capacities.into_iter().filter(|&c| c > 64).collect();
-        assert_eq!(grown.len(), 1, "the carry grew more than once: {grown:?}");
+        assert_eq!(got, vec![1, 1 << 20, 1]);
+        let grown: std::collections::BTreeSet<_> = capacities.into_iter().collect();
+        assert!(grown.len() <= 16, "the carry grew too often: {grown:?}");
     }
 
     #[test]
