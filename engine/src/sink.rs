@@ -351,6 +351,9 @@ pub(crate) async fn run_memory_sink(
 /// - while the sink is unreachable it retries with capped exponential backoff and holds the
 ///   output (at most [`TcpSinkConfig::max_held_bytes`], then the sources wait), and writes all of
 ///   it once the sink is back;
+/// - `bytes_out` counts a byte once the receiver's kernel acknowledged it (`SIOCOUTQ`), which is
+///   what a checkpoint waits for; at the end of the output the writer waits for the last
+///   acknowledgement before it closes (after a stop request, at most the shutdown grace);
 /// - when a connection breaks, the complete records already written into it are not written
 ///   again: those the receiver had not read are lost, and they are counted in
 ///   `sink_bytes_at_risk` and named (with both addresses) in the log; a record the break cut in
@@ -388,22 +391,36 @@ pub(crate) async fn run_tcp_sink(
         // While there is nothing to write, watch the connection: a receiver that closes or
         // resets it is noticed now (and logged, and reconnected to), not at the next write,
         // which would otherwise go into a dead connection.
+        // While bytes written are not yet acknowledged by the receiver, look again every
+        // ACK_POLL: `bytes_out` (what a checkpoint waits for) only counts acknowledged bytes.
+        let waiting_acks = !link.poll_acks(m);
         let next = match link.conn.as_mut() {
             Some(conn) => {
-                futures_lite::future::or(async { Ok(rx.next().await) }, async {
-                    Err(peer_gone(&mut conn.stream).await)
+                futures_lite::future::or(async { Event::Next(rx.next().await) }, async {
+                    futures_lite::future::or(
+                        async { Event::Gone(peer_gone(&mut conn.stream).await) },
+                        async {
+                            if !waiting_acks {
+                                futures_lite::future::pending::<()>().await;
+                            }
+                            glommio::timer::sleep(ACK_POLL).await;
+                            Event::Tick
+                        },
+                    )
+                    .await
                 })
                 .await
             }
-            None => Ok(rx.next().await),
+            None => Event::Next(rx.next().await),
         };
         let Chunk { bytes, born } = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
+            Event::Next(Some(chunk)) => chunk,
+            Event::Next(None) => break,
+            Event::Gone(e) => {
                 link.broke(m, e, 0);
                 continue;
             }
+            Event::Tick => continue,
         };
         let mut pos = 0;
         while pos < bytes.len() && !gave_up {
@@ -419,7 +436,7 @@ pub(crate) async fn run_tcp_sink(
             match link.write(&bytes[pos..], &shutdown).await {
                 Wrote::Bytes(n) => {
                     pos += n;
-                    CoreMetrics::add(&m.bytes_out, n as u64);
+                    link.poll_acks(m);
                     if pos == bytes.len() {
                         latency.record(born);
                     }
@@ -455,7 +472,37 @@ pub(crate) async fn run_tcp_sink(
             cfg.shutdown_grace
         );
     }
+    if !gave_up {
+        link.wait_acks(m, &shutdown).await;
+    }
     link.close().await;
+}
+
+/// How often the writer asks the kernel how much of what it wrote the receiver acknowledged,
+/// while some of it is not.
+const ACK_POLL: Duration = Duration::from_millis(1);
+
+/// What the idle writer woke up for.
+enum Event {
+    /// The next chunk, or None once the port is closed and drained.
+    Next(Option<Chunk>),
+    /// The receiver closed or reset the connection.
+    Gone(io::Error),
+    /// Time to look at the acknowledgements again.
+    Tick,
+}
+
+/// Bytes written into the TCP socket `fd` that its receiver's kernel has not acknowledged yet
+/// (`SIOCOUTQ`: unsent, or sent and not acknowledged).
+fn unacked(fd: std::os::fd::RawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (== TIOCOUTQ on Linux) writes one int through the pointer, which is
+    // valid for the call.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
 }
 
 /// Resolves when the receiver closes or resets `stream` (it is not expected to send anything;
@@ -505,6 +552,9 @@ struct Conn {
     since: Instant,
     /// Bytes written into it so far.
     written: u64,
+    /// Bytes of `written` the receiver's kernel acknowledged (and that are counted in
+    /// `bytes_out`).
+    acked: u64,
 }
 
 /// One core's link to its sink: the connection, if any, and what to say about changes to it.
@@ -614,6 +664,7 @@ impl<'a> Link<'a> {
                         local,
                         since: Instant::now(),
                         written: 0,
+                        acked: 0,
                     });
                     return Connect::Up;
                 }
@@ -680,12 +731,86 @@ impl<'a> Link<'a> {
         }
     }
 
+    /// Counts in `bytes_out` the bytes of the open connection its receiver's kernel has
+    /// acknowledged since the last look; true once all written bytes are acknowledged (or there
+    /// is no connection).
+    ///
+    /// A checkpoint commits only once `bytes_out` reaches the output produced before its cut:
+    /// bytes merely written into the socket are still lost if the connection breaks, so a
+    /// checkpoint that counted them would, after a crash, never produce them again.
+    fn poll_acks(&mut self, m: &CoreMetrics) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return true;
+        };
+        if conn.acked < conn.written {
+            let acked = match unacked(conn.stream.as_raw_fd()) {
+                Ok(q) => conn.written.saturating_sub(q).max(conn.acked),
+                Err(e) => {
+                    // Not a TCP socket the kernel can answer for: count what was written, as
+                    // before acknowledgements were tracked.
+                    tracing::debug!(core = self.core, "SIOCOUTQ failed on the sink socket: {e}");
+                    conn.written
+                }
+            };
+            CoreMetrics::add(&m.bytes_out, acked - conn.acked);
+            conn.acked = acked;
+        }
+        conn.acked >= conn.written
+    }
+
+    /// At the end of the output, waits until the receiver acknowledged all of it, so the last
+    /// checkpoint can commit. The receiver closing the connection ends the wait (the connection
+    /// broke), and so does the shutdown grace after a stop request.
+    async fn wait_acks(&mut self, m: &CoreMetrics, shutdown: &Shutdown) {
+        loop {
+            if self.poll_acks(m) {
+                return;
+            }
+            if shutdown.is_triggered() {
+                let since = *self.stop_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.cfg.shutdown_grace {
+                    if let Some(conn) = &self.conn {
+                        let (core, addr) = (self.core, self.cfg.addr);
+                        tracing::warn!(
+                            core,
+                            sink = %addr,
+                            "core {core}: sink {addr} did not acknowledge the last {} bytes of \
+                             output within {:?} after the stop request; the last checkpoint \
+                             does not count them",
+                            conn.written - conn.acked,
+                            self.cfg.shutdown_grace
+                        );
+                    }
+                    return;
+                }
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            let gone = futures_lite::future::or(
+                async { Some(peer_gone(&mut conn.stream).await) },
+                async {
+                    glommio::timer::sleep(ACK_POLL).await;
+                    None
+                },
+            )
+            .await;
+            if let Some(e) = gone {
+                self.broke(m, e, 0);
+                return;
+            }
+        }
+    }
+
     /// The connection failed while writing; `cut` bytes at the end of what was written into it
     /// belong to a record the break cut short (written again on the next connection).
     fn broke(&mut self, m: &CoreMetrics, e: io::Error, cut: usize) {
         let Some(conn) = self.conn.take() else { return };
         let at_risk = conn.written.saturating_sub(cut as u64);
         CoreMetrics::add(&m.sink_bytes_at_risk, at_risk);
+        // The whole records written into it and not acknowledged are lost with it (not written
+        // again): they are settled here, so checkpoints after this break can commit.
+        CoreMetrics::add(&m.bytes_out, at_risk.saturating_sub(conn.acked));
         self.down_since = Some(Instant::now());
         let lived = conn.since.elapsed();
         let young = if lived < YOUNG_CONNECTION {

@@ -8,7 +8,10 @@
 //!
 //! Before a checkpoint commits, every core's sink must have taken the output produced before the
 //! cut (`bytes_out` reaches the mark the core reported), so that after a crash only output
-//! *after* the last committed checkpoint can be emitted again, never lost.
+//! *after* the last committed checkpoint can be emitted again, never lost. For a TCP sink,
+//! `bytes_out` counts only bytes the receiver's kernel acknowledged (the socket's `SIOCOUTQ`,
+//! see `sink.rs`), not bytes merely written into the socket: those still die with the
+//! connection if it breaks, and a checkpoint that counted them would never produce them again.
 //!
 //! At the end of a run (every source finished, or a stop was requested) each core sends a final
 //! snapshot, and the coordinator commits a last checkpoint from them: a restart then resumes
@@ -109,6 +112,8 @@ pub(crate) struct CoordinatorConfig {
     /// Committed checkpoints kept on disk (at least 2).
     pub keep: usize,
     pub cores: usize,
+    /// The key hash's seed, recorded in every manifest.
+    pub seed: u64,
     /// The id the next checkpoint gets (above every id in the directory).
     pub next_id: u64,
     /// The checkpoint this run restored from: kept until a newer one is committed.
@@ -463,6 +468,7 @@ impl Committer {
             id,
             created_unix_ms,
             cores: n,
+            seed: Some(self.cfg.seed),
             shards,
             source,
         };
@@ -476,7 +482,8 @@ impl Committer {
         Ok(manifest)
     }
 
-    /// Waits until every core's sink has taken the output produced before the cut.
+    /// Waits until every core's sink has taken the output produced before the cut: for a TCP
+    /// sink, until the receiver's kernel acknowledged it.
     fn wait_for_sinks(&self, id: u64, parts: &[&Contribution]) -> Result<(), String> {
         let started = Instant::now();
         let mut warned = false;
@@ -506,7 +513,8 @@ impl Committer {
                 warned = true;
                 tracing::warn!(
                     "checkpoint {id} waits for core {}'s sink to take {} more bytes of output \
-                     produced before it (is the sink down?); it commits once they are taken",
+                     produced before it (is the sink down, or not reading?); it commits once the \
+                     receiver acknowledged them",
                     behind[0].0,
                     behind[0].1
                 );
@@ -563,3 +571,7 @@ pub(crate) fn describe_source(s: &SourceMark) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;
