@@ -206,10 +206,18 @@ pub struct ServeArgs {
           value_parser = size_parser(1, MAX_CONNECTIONS_PER_CORE))]
     pub max_connections_per_core: usize,
     /// Close a connection that sent part of a frame and then nothing for this long (slow
-    /// loris); its partial frame is dropped. Connections idle between frames stay open.
+    /// loris); its partial frame is dropped. Connections idle between frames stay open. A frame
+    /// must also be whole within three times this much time spent waiting for it, counted from
+    /// its first byte, so a byte now and then does not keep it alive.
     /// Seconds (`30`, `0.5`) or `500ms`, `2m`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Bytes of partial frames (received, not yet whole) each core's connections may hold
+    /// together; past it the connections holding the most are closed, their partial frames
+    /// dropped (logged, counted in connections_over_budget).
+    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().partial_frame_budget,
+          value_parser = size_parser(1, MAX_SINK_BUFFER))]
+    pub partial_frame_budget: usize,
     /// Bytes of output each core holds for a slow or absent receiver before it stops reading
     /// its sources (TCP flow control then slows the senders).
     #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().sink_buffer,
@@ -226,6 +234,11 @@ pub struct ServeArgs {
     /// kind, another file).
     #[arg(long)]
     pub start_empty_if_unreadable: bool,
+    /// Longest key (word) kept, in bytes: a record with a longer key is dropped and counted in
+    /// keys_rejected; the other words of its frame still count.
+    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().max_key_bytes,
+          value_parser = size_parser(1, MAX_FRAME))]
+    pub max_key_bytes: usize,
 }
 
 impl ServeArgs {
@@ -247,9 +260,11 @@ impl ServeArgs {
         ServeLimits {
             max_connections_per_core: self.max_connections_per_core,
             idle_timeout: self.idle_timeout,
+            partial_frame_budget: self.partial_frame_budget,
             sink_buffer: self.sink_buffer,
             shutdown_grace: self.shutdown_grace,
             start_empty_if_unreadable: self.start_empty_if_unreadable,
+            max_key_bytes: self.max_key_bytes,
         }
     }
 }

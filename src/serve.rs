@@ -52,6 +52,9 @@ pub struct ServeLimits {
     pub max_connections_per_core: usize,
     /// A source connection that sent part of a frame and then nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Bytes of partial frames each core's source connections may hold together; past it the
+    /// connections holding the most are closed (`--partial-frame-budget`).
+    pub partial_frame_budget: usize,
     /// Bytes of output each core holds for a slow or absent receiver before sources wait.
     pub sink_buffer: usize,
     /// After SIGINT/SIGTERM, how long an unreachable or stalled receiver may take nothing
@@ -61,6 +64,9 @@ pub struct ServeLimits {
     /// and none can be read (`--start-empty-if-unreadable`), instead of refusing to start.
     /// They are moved aside either way, never deleted.
     pub start_empty_if_unreadable: bool,
+    /// Longest key kept, in bytes (`--max-key-bytes`): a longer word is dropped and
+    /// counted in `keys_rejected`, the other words of its frame still count.
+    pub max_key_bytes: usize,
 }
 
 impl Default for ServeLimits {
@@ -70,9 +76,11 @@ impl Default for ServeLimits {
         ServeLimits {
             max_connections_per_core: source.max_connections_per_core,
             idle_timeout: source.idle_timeout,
+            partial_frame_budget: source.partial_frame_budget,
             sink_buffer: sink.max_held_bytes,
             shutdown_grace: sink.shutdown_grace,
             start_empty_if_unreadable: false,
+            max_key_bytes: bettong_engine::routing::DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -170,6 +178,9 @@ pub fn tcp_source(opts: &ServeOptions, addr: SocketAddr) -> Result<TcpSourceConf
     source.max_frame = opts.max_frame;
     source.max_connections_per_core = opts.limits.max_connections_per_core;
     source.idle_timeout = opts.limits.idle_timeout;
+    // A frame must be whole within three idle timeouts of waiting from its first byte.
+    source.frame_timeout = opts.limits.idle_timeout.saturating_mul(3);
+    source.partial_frame_budget = opts.limits.partial_frame_budget;
     source.io = io_backend_from_env()?;
     Ok(source)
 }
@@ -194,7 +205,7 @@ pub fn start_app<A: PersistApp>(
         opts.limits.sink_buffer,
         opts.limits.shutdown_grace
     );
-    let mut engine = Engine::new();
+    let mut engine = Engine::new().max_key_bytes(opts.limits.max_key_bytes);
     if let Some(n) = opts.cores {
         engine = engine.cores(n);
     }

@@ -16,9 +16,9 @@
 use std::marker::PhantomData;
 use std::time::Instant;
 
-use crate::key::Key;
+use crate::key::{owned_heap_bytes, Key};
 use crate::pipeline::steps::TypedStep;
-use crate::routing::{AnyBatch, Batch, Router};
+use crate::routing::{AnyBatch, Batch, Router, MAX_BATCH_BYTES};
 use crate::state::Shard;
 
 /// Why a frame was rejected by a source's decoder. `Copy` and allocation-free, so a flood of
@@ -166,15 +166,50 @@ pub struct Cx<'a> {
     pub outputs: u64,
     /// Records a forward step moved into an outbox for another core.
     pub forwarded: u64,
+    /// Records a forward step dropped because their key was too long
+    /// ([`Router::accepts`]).
+    pub keys_rejected: u64,
 }
 
-/// Keyed records waiting to be sent to other cores for one state step: one batch per core.
+/// Keyed records waiting to be sent to other cores for one state step, per core: batches of
+/// at most [`MAX_BATCH_BYTES`] of records each (estimated: a record's `size_of` plus its key's
+/// heap bytes), so one batch on a ring is bounded in bytes whatever the frames were.
 pub(crate) struct Outbox<K: ?Sized + Key, V> {
-    per_dest: Vec<Batch<K::Owned, V>>,
+    per_dest: Vec<DestBatches<K::Owned, V>>,
     queued: usize,
 }
 
+/// One destination's waiting records: batches already full, oldest first, and the one filling.
+struct DestBatches<K, V> {
+    full: Vec<Batch<K, V>>,
+    filling: Batch<K, V>,
+    /// Estimated bytes of `filling`'s records.
+    bytes: usize,
+}
+
+impl<K, V> Default for DestBatches<K, V> {
+    fn default() -> Self {
+        DestBatches {
+            full: Vec::new(),
+            filling: Batch::default(),
+            bytes: 0,
+        }
+    }
+}
+
 impl<K: ?Sized + Key, V: Send + 'static> Outbox<K, V> {
+    /// Estimated bytes of one record in a batch, not counting its key's heap bytes.
+    const RECORD: usize = std::mem::size_of::<(u64, K::Owned, V)>();
+    /// Records of [`Outbox::RECORD`] bytes that fill a batch.
+    const MAX_RECORDS: usize = {
+        let n = MAX_BATCH_BYTES / if Self::RECORD == 0 { 1 } else { Self::RECORD };
+        if n == 0 {
+            1
+        } else {
+            n
+        }
+    };
+
     pub(crate) fn new() -> Self {
         Outbox {
             per_dest: Vec::new(),
@@ -182,17 +217,27 @@ impl<K: ?Sized + Key, V: Send + 'static> Outbox<K, V> {
         }
     }
 
-    /// Moves a record into core `dest`'s batch (copying a borrowed key into its owned form).
+    /// Moves a record into core `dest`'s batch (copying a borrowed key into its owned form),
+    /// starting a new batch when this one would exceed [`MAX_BATCH_BYTES`].
     #[inline]
     pub(crate) fn push(&mut self, dest: usize, hash: u64, key: K::Owned, value: V, born: Instant) {
         if dest >= self.per_dest.len() {
-            self.per_dest.resize_with(dest + 1, Batch::default);
+            self.per_dest.resize_with(dest + 1, DestBatches::default);
         }
-        let b = &mut self.per_dest[dest];
+        let d = &mut self.per_dest[dest];
+        let size = Self::RECORD + owned_heap_bytes::<K>(&key);
+        if d.bytes + size > MAX_BATCH_BYTES && !d.filling.is_empty() {
+            let cap = d.filling.len().min(Self::MAX_RECORDS);
+            d.full
+                .push(std::mem::replace(&mut d.filling, Batch::with_capacity(cap)));
+            d.bytes = 0;
+        }
+        let b = &mut d.filling;
         if b.born.is_none() {
             b.born = Some(born);
         }
         b.push(hash, key, value);
+        d.bytes += size;
         self.queued += 1;
     }
 
@@ -201,17 +246,37 @@ impl<K: ?Sized + Key, V: Send + 'static> Outbox<K, V> {
         self.queued
     }
 
-    /// Takes core `dest`'s batch, if it holds records, leaving an empty one of the same size.
-    pub(crate) fn take(&mut self, dest: usize) -> Option<(AnyBatch, usize, Option<Instant>)> {
-        let b = self.per_dest.get_mut(dest)?;
-        if b.is_empty() {
-            return None;
+    /// Hands `f` every batch for core `dest` that holds records, oldest first, leaving an
+    /// empty one with room for as many records as the last.
+    pub(crate) fn take(
+        &mut self,
+        dest: usize,
+        f: &mut dyn FnMut(AnyBatch, usize, Option<Instant>),
+    ) {
+        let Some(d) = self.per_dest.get_mut(dest) else {
+            return;
+        };
+        let full = std::mem::take(&mut d.full);
+        let last = if d.filling.is_empty() {
+            None
+        } else {
+            let cap = d.filling.len().min(Self::MAX_RECORDS);
+            d.bytes = 0;
+            Some(std::mem::replace(&mut d.filling, Batch::with_capacity(cap)))
+        };
+        for batch in full.into_iter().chain(last) {
+            self.queued -= batch.len();
+            let (len, born) = (batch.len(), batch.born);
+            f(Box::new(batch), len, born);
         }
-        let cap = b.len();
-        let batch = std::mem::replace(b, Batch::with_capacity(cap));
-        self.queued -= batch.len();
-        let (len, born) = (batch.len(), batch.born);
-        Some((Box::new(batch), len, born))
+    }
+
+    /// Batches waiting for core `dest` (full ones and the one filling, if it holds records).
+    #[cfg(test)]
+    pub(crate) fn batches(&self, dest: usize) -> usize {
+        self.per_dest
+            .get(dest)
+            .map_or(0, |d| d.full.len() + usize::from(!d.filling.is_empty()))
     }
 }
 
@@ -432,6 +497,10 @@ where
         } = self;
         steps.run(out, &mut |item| {
             let (k, v) = key(item);
+            if !cx.router.accepts(&k) {
+                cx.keys_rejected += 1;
+                return;
+            }
             let hash = cx.router.hash(&k);
             let owner = cx.router.owner(hash);
             if owner == cx.me {
@@ -462,9 +531,8 @@ impl<P: 'static, F: 'static, C: Chain> Stages for Forward<P, F, C> {
         dest: usize,
         f: &mut dyn FnMut(usize, AnyBatch, usize, Option<Instant>),
     ) {
-        if let Some((batch, len, born)) = self.outbox.take(dest) {
-            f(base, batch, len, born);
-        }
+        self.outbox
+            .take(dest, &mut |batch, len, born| f(base, batch, len, born));
         self.next.take_outboxes(base, dest, f)
     }
     fn queued(&self) -> usize {
@@ -472,5 +540,76 @@ impl<P: 'static, F: 'static, C: Chain> Stages for Forward<P, F, C> {
     }
     fn keys(&self) -> (u64, u64) {
         self.next.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take_all(o: &mut Outbox<str, ()>, dest: usize) -> Vec<Batch<crate::key::SmallStr, ()>> {
+        let mut got = Vec::new();
+        o.take(dest, &mut |b, len, born| {
+            let b = b.downcast::<Batch<crate::key::SmallStr, ()>>().unwrap();
+            assert_eq!(b.len(), len);
+            assert!(born.is_some());
+            got.push(*b);
+        });
+        got
+    }
+
+    /// A flood of one-letter words (what a 1 MiB frame holds) is split into batches of at most
+    /// MAX_BATCH_BYTES each, in order, none lost.
+    #[test]
+    fn outbox_splits_batches_at_the_byte_cap() {
+        let mut o: Outbox<str, ()> = Outbox::new();
+        let rec = Outbox::<str, ()>::RECORD;
+        assert_eq!(rec, 32);
+        let n = 512 * 1024;
+        let now = Instant::now();
+        for i in 0..n {
+            o.push(1, i as u64, "a".to_owned_key(), (), now);
+        }
+        assert_eq!(o.queued(), n);
+        assert_eq!(o.batches(1), n * rec / MAX_BATCH_BYTES);
+        let got = take_all(&mut o, 1);
+        assert_eq!(o.queued(), 0);
+        assert_eq!(o.batches(1), 0);
+        assert_eq!(got.len(), n * rec / MAX_BATCH_BYTES);
+        let mut next = 0u64;
+        for b in &got {
+            assert!(
+                b.len() * rec <= MAX_BATCH_BYTES,
+                "a batch of {} records",
+                b.len()
+            );
+            for (h, _, _) in b.iter() {
+                assert_eq!(*h, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, n as u64);
+        assert!(take_all(&mut o, 1).is_empty());
+        assert!(take_all(&mut o, 5).is_empty());
+    }
+
+    /// Long keys count their heap bytes; one key above the cap travels alone.
+    #[test]
+    fn outbox_counts_long_keys_heap_bytes() {
+        let mut o: Outbox<str, ()> = Outbox::new();
+        let now = Instant::now();
+        let long = "x".repeat(300 * 1024);
+        for _ in 0..10 {
+            o.push(0, 0, long.as_str().to_owned_key(), (), now);
+        }
+        // Three 300 KiB keys fit in 1 MiB, a fourth does not.
+        let sizes: Vec<usize> = take_all(&mut o, 0).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let huge = "y".repeat(2 * MAX_BATCH_BYTES);
+        o.push(0, 0, "a".to_owned_key(), (), now);
+        o.push(0, 0, huge.as_str().to_owned_key(), (), now);
+        o.push(0, 0, "b".to_owned_key(), (), now);
+        let sizes: Vec<usize> = take_all(&mut o, 0).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1, 1]);
     }
 }

@@ -36,6 +36,22 @@ pub trait Key: Hash + Eq {
     fn eq_owned(&self, owned: &Self::Owned) -> bool {
         Self::borrow_owned(owned) == self
     }
+    /// The key's length in bytes where a length is meaningful (`str`, `[u8]`, `String`,
+    /// `Vec<u8>`), checked against the engine's
+    /// [`max_key_bytes`](crate::Engine::max_key_bytes); `None` for every other key, which is
+    /// then never too long.
+    ///
+    /// ```
+    /// use bettong_engine::key::Key;
+    /// assert_eq!("word".byte_len(), Some(4));
+    /// assert_eq!(b"ab"[..].byte_len(), Some(2));
+    /// assert_eq!(String::from("abc").byte_len(), Some(3));
+    /// assert_eq!(7u32.byte_len(), None);
+    /// ```
+    #[inline]
+    fn byte_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<T: Hash + Eq + Clone + Send + 'static> Key for T {
@@ -47,6 +63,35 @@ impl<T: Hash + Eq + Clone + Send + 'static> Key for T {
     #[inline]
     fn borrow_owned(owned: &T) -> &T {
         owned
+    }
+    #[inline]
+    fn byte_len(&self) -> Option<usize> {
+        // Resolved at compile time for each `T`.
+        let any: &dyn std::any::Any = self;
+        if let Some(s) = any.downcast_ref::<String>() {
+            Some(s.len())
+        } else {
+            any.downcast_ref::<Vec<u8>>().map(Vec::len)
+        }
+    }
+}
+
+/// Heap bytes an owned key holds outside its own `size_of` (string and byte keys past the
+/// inline size, `String` and `Vec<u8>` keys); 0 for every other key. For the byte estimate of
+/// a batch crossing cores.
+#[inline]
+pub(crate) fn owned_heap_bytes<K: ?Sized + Key>(owned: &K::Owned) -> usize {
+    let any: &dyn std::any::Any = owned;
+    if let Some(s) = any.downcast_ref::<SmallStr>() {
+        s.heap_bytes()
+    } else if let Some(b) = any.downcast_ref::<SmallBytes>() {
+        b.heap_bytes()
+    } else if let Some(s) = any.downcast_ref::<String>() {
+        s.capacity()
+    } else if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+        v.capacity()
+    } else {
+        0
     }
 }
 
@@ -159,6 +204,10 @@ impl Key for str {
     fn eq_owned(&self, owned: &SmallStr) -> bool {
         owned.as_bytes() == self.as_bytes()
     }
+    #[inline]
+    fn byte_len(&self) -> Option<usize> {
+        Some(self.len())
+    }
 }
 
 impl Key for [u8] {
@@ -170,6 +219,10 @@ impl Key for [u8] {
     #[inline]
     fn borrow_owned(owned: &SmallBytes) -> &[u8] {
         owned.as_bytes()
+    }
+    #[inline]
+    fn byte_len(&self) -> Option<usize> {
+        Some(self.len())
     }
 }
 
@@ -301,5 +354,23 @@ mod tests {
         assert_eq!(str::read_key(&[0xff]), None);
         assert_eq!(<[u8; 4]>::read_key(b"abc"), None);
         assert_eq!(<[u8; 4]>::read_key(b"abcd"), Some(*b"abcd"));
+    }
+
+    #[test]
+    fn byte_len_and_heap_bytes_of_each_kind_of_key() {
+        let long = "x".repeat(100);
+        assert_eq!(long.as_str().byte_len(), Some(100));
+        assert_eq!(long.as_bytes().byte_len(), Some(100));
+        assert_eq!(long.clone().into_bytes().byte_len(), Some(100));
+        assert_eq!([0u8; 4].byte_len(), None);
+        assert_eq!((1u32, 2u64).byte_len(), None);
+        assert_eq!(owned_heap_bytes::<str>(&"a".to_owned_key()), 0);
+        assert_eq!(owned_heap_bytes::<str>(&long.as_str().to_owned_key()), 100);
+        assert_eq!(
+            owned_heap_bytes::<[u8]>(&long.as_bytes().to_owned_key()),
+            100
+        );
+        assert!(owned_heap_bytes::<String>(&long) >= 100);
+        assert_eq!(owned_heap_bytes::<u64>(&5), 0);
     }
 }

@@ -112,12 +112,19 @@ counters! {
     connections_truncated,
     /// Connections closed at once because the core already had `max_connections_per_core`.
     connections_refused,
-    /// Connections closed because they sent part of a frame and then nothing for `idle_timeout`.
+    /// Connections closed because they sent part of a frame and then nothing for `idle_timeout`,
+    /// or did not complete a frame within `frame_timeout` of waiting from its first byte.
     connections_idle_closed,
+    /// Connections closed because the core's partial frames went over `partial_frame_budget`
+    /// bytes (the connections holding the most are closed first).
+    connections_over_budget,
     /// Frames decoded (valid or not).
     frames_in,
     /// Frames rejected whole by the pipeline's decoder (for a text pipeline: not valid UTF-8).
     frames_rejected,
+    /// Keyed records dropped because their key was longer than `max_key_bytes` (the other
+    /// records of their frame still count).
+    keys_rejected,
     /// Bytes read from sources.
     bytes_in,
     /// Keyed records produced by decoding (words, for word count).

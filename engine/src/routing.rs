@@ -29,7 +29,33 @@ pub type KeyHasher = foldhash::fast::FixedState;
 #[derive(Clone, Debug)]
 pub struct Router {
     cores: usize,
+    seed: u64,
     hasher: KeyHasher,
+    max_key_bytes: usize,
+}
+
+/// The longest key the engine keeps by default
+/// ([`Engine::max_key_bytes`](crate::Engine::max_key_bytes)), in bytes.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
+
+/// Most bytes of records (estimated: each record's `size_of` plus its key's heap bytes) one
+/// batch between two cores holds; a fuller outbox is split into several batches. A ring holds
+/// at most `ring_capacity` batches, so at most `ring_capacity` × this many bytes (64 MiB with
+/// the default 64), whatever the frames: a 1 MiB frame of one-letter words makes about 16 MiB
+/// of records, sent as several batches.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A hash seed for one process: taken from the standard library's per-process random keys
+/// (which come from the OS's random source), mixed with the time and the process id, so a
+/// client cannot choose keys that all land on one core.
+pub fn random_seed() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    std::process::id().hash(&mut h);
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        d.as_nanos().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Bits of the hash used for routing: 25 bits starting at bit 32.
@@ -42,13 +68,50 @@ impl Router {
         assert!(cores > 0, "a router needs at least one core");
         Router {
             cores,
+            seed,
             hasher: KeyHasher::with_seed(seed),
+            max_key_bytes: usize::MAX,
         }
+    }
+
+    /// The same router, rejecting keys whose [`byte_len`](crate::key::Key::byte_len) is above
+    /// `n` (see [`Router::accepts`]). A new router accepts every key.
+    pub fn with_max_key_bytes(mut self, n: usize) -> Self {
+        self.max_key_bytes = n;
+        self
     }
 
     /// Number of cores keys are spread over.
     pub fn cores(&self) -> usize {
         self.cores
+    }
+
+    /// The seed of the key hash.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The longest key accepted, in bytes.
+    pub fn max_key_bytes(&self) -> usize {
+        self.max_key_bytes
+    }
+
+    /// False for a key too long to be kept (the engine drops its record and counts it in
+    /// `keys_rejected`); keys with no byte length are always accepted.
+    ///
+    /// ```
+    /// use bettong_engine::routing::Router;
+    /// let r = Router::new(2, 1).with_max_key_bytes(3);
+    /// assert!(r.accepts("abc"));
+    /// assert!(!r.accepts("abcd"));
+    /// assert!(r.accepts(&123_456u64));
+    /// ```
+    #[inline]
+    pub fn accepts<K: crate::key::Key + ?Sized>(&self, key: &K) -> bool {
+        match key.byte_len() {
+            Some(n) => n <= self.max_key_bytes,
+            None => true,
+        }
     }
 
     /// The key's hash, computed once and carried with it.
@@ -172,5 +235,12 @@ mod tests {
         assert_eq!(a.hash("x"), b.hash("x"));
         assert_ne!(Router::new(2, 10).hash("x"), a.hash("x"));
         assert_eq!(a.hash(&5u64), b.hash(&5u64));
+        assert_eq!(a.seed(), 9);
+    }
+
+    #[test]
+    fn random_seeds_differ() {
+        let seeds: std::collections::HashSet<u64> = (0..100).map(|_| random_seed()).collect();
+        assert_eq!(seeds.len(), 100);
     }
 }

@@ -169,13 +169,19 @@ impl<A: App> Worker<A> {
             applied: 0,
             outputs: 0,
             forwarded: 0,
+            keys_rejected: 0,
         };
         let mut seen = Ingested::default();
         let (mut records, mut local, mut bytes) = (0u64, 0u64, 0u64);
+        let mut keys_rejected = 0u64;
         let r = produce(&mut |frame: &[u8]| {
             seen.frames += 1;
             bytes += frame.len() as u64 + 4;
             let res = fronts.decode(source, frame, &mut |key: &Key0<A>, value| {
+                if !cx.router.accepts(key) {
+                    keys_rejected += 1;
+                    return;
+                }
                 records += 1;
                 let hash = cx.router.hash(key);
                 let owner = cx.router.owner(hash);
@@ -192,6 +198,7 @@ impl<A: App> Worker<A> {
             }
         });
         let (applied, outputs, forwarded) = (cx.applied, cx.outputs, cx.forwarded);
+        let keys_rejected = keys_rejected + cx.keys_rejected;
         let produced = out.len() - out_before;
         drop(out);
         if outputs > 0 {
@@ -203,6 +210,7 @@ impl<A: App> Worker<A> {
         let m = self.core_metrics();
         CoreMetrics::add(&m.frames_in, seen.frames);
         CoreMetrics::add(&m.frames_rejected, seen.rejected);
+        CoreMetrics::add(&m.keys_rejected, keys_rejected);
         CoreMetrics::add(&m.bytes_in, bytes);
         CoreMetrics::add(&m.records_in, records);
         CoreMetrics::add(&m.records_local, local);
@@ -249,14 +257,9 @@ impl<A: App> Worker<A> {
             if let Some(ck) = &self.ck {
                 ck.send_pending_barriers(self).await;
             }
-            let first = self.outbox.borrow_mut().take(dest);
-            if let Some((records, len, born)) = first {
-                let env = Envelope::Batch {
-                    stage: 0,
-                    records,
-                    len,
-                    born,
-                };
+            // Every batch waiting is taken at once: all were filled before any cut that may
+            // happen while they are sent, so they go out before its barriers.
+            for env in self.take_first(dest) {
                 self.send(dest, env).await;
             }
             if self.depth > 1 {
@@ -266,6 +269,23 @@ impl<A: App> Worker<A> {
             }
         }
         self.forwarded.notify();
+    }
+
+    /// The batches of the first state step's outbox for `dest`, oldest first (several when the
+    /// records exceed [`MAX_BATCH_BYTES`](crate::routing::MAX_BATCH_BYTES)).
+    fn take_first(&self, dest: usize) -> Vec<Envelope> {
+        let mut list = Vec::new();
+        self.outbox
+            .borrow_mut()
+            .take(dest, &mut |records, len, born| {
+                list.push(Envelope::Batch {
+                    stage: 0,
+                    records,
+                    len,
+                    born,
+                })
+            });
+        list
     }
 
     /// The batches of the later state steps' outboxes for `dest`.
@@ -292,15 +312,7 @@ impl<A: App> Worker<A> {
             if dest == self.index {
                 continue;
             }
-            if let Some((records, len, born)) = self.outbox.borrow_mut().take(dest) {
-                let env = Envelope::Batch {
-                    stage: 0,
-                    records,
-                    len,
-                    born,
-                };
-                all.push((dest, env));
-            }
+            all.extend(self.take_first(dest).into_iter().map(|e| (dest, e)));
             all.extend(self.take_forwards(dest).into_iter().map(|e| (dest, e)));
         }
         all
@@ -411,6 +423,7 @@ impl<A: App> Worker<A> {
             applied: 0,
             outputs: 0,
             forwarded: 0,
+            keys_rejected: 0,
         };
         if chain.apply_any(stage, records, &mut cx).is_err() {
             tracing::error!(
@@ -420,6 +433,7 @@ impl<A: App> Worker<A> {
             );
         }
         let (applied, outputs, forwarded) = (cx.applied, cx.outputs, cx.forwarded);
+        let keys_rejected = cx.keys_rejected;
         let produced = out.len() - out_before;
         drop(out);
         if let Some(ck) = &self.ck {
@@ -431,6 +445,7 @@ impl<A: App> Worker<A> {
         let m = self.core_metrics();
         CoreMetrics::add(&m.records_applied, applied);
         CoreMetrics::add(&m.records_routed, forwarded);
+        CoreMetrics::add(&m.keys_rejected, keys_rejected);
         CoreMetrics::add(&m.outputs, outputs);
         self.note_keys(&chain);
         if forwarded > 0 {
@@ -453,6 +468,7 @@ impl<A: App> Worker<A> {
             applied: 0,
             outputs: 0,
             forwarded: 0,
+            keys_rejected: 0,
         };
         let r = f(&mut chain, &mut cx);
         self.note_keys(&chain);

@@ -151,6 +151,9 @@ pub(crate) struct Manifest {
     pub id: u64,
     pub created_unix_ms: u64,
     pub cores: usize,
+    /// The key hash's seed of the run that wrote it (`None` in manifests written before seeds
+    /// were recorded: those runs all used the engine's old fixed seed).
+    pub seed: Option<u64>,
     pub shards: Vec<ShardInfo>,
     pub source: SourceMark,
 }
@@ -164,6 +167,9 @@ impl Manifest {
         let _ = writeln!(s, "id {}", self.id);
         let _ = writeln!(s, "created_unix_ms {}", self.created_unix_ms);
         let _ = writeln!(s, "cores {}", self.cores);
+        if let Some(seed) = self.seed {
+            let _ = writeln!(s, "seed {seed:016x}");
+        }
         for sh in &self.shards {
             let _ = writeln!(
                 s,
@@ -231,6 +237,7 @@ impl Manifest {
         let mut kind = None;
         let (mut path, mut len, mut ranges) = (None, None, Vec::new());
         let mut fingerprint = None;
+        let mut seed = None;
         for line in lines {
             let bad = || format!("line {line:?} is malformed");
             let num = |s: Option<&str>| s.and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
@@ -240,6 +247,10 @@ impl Manifest {
                 Some("id") => id = Some(num(w.next())?),
                 Some("created_unix_ms") => created = Some(num(w.next())?),
                 Some("cores") => cores = Some(num(w.next())? as usize),
+                Some("seed") => {
+                    let h = w.next().filter(|h| h.len() == 16).ok_or_else(bad)?;
+                    seed = Some(u64::from_str_radix(h, 16).map_err(|_| bad())?);
+                }
                 Some("shard") => {
                     let core = num(w.next())? as usize;
                     let mut field = |name: &str| {
@@ -310,6 +321,7 @@ impl Manifest {
             id: id.ok_or_else(|| missing("id"))?,
             created_unix_ms: created.ok_or_else(|| missing("created_unix_ms"))?,
             cores,
+            seed,
             shards,
             source,
         })
@@ -483,6 +495,7 @@ mod tests {
             id: 7,
             created_unix_ms: 1_700_000_000_000,
             cores: 2,
+            seed: Some(0xfedc_ba98_7654_3210),
             shards: vec![
                 ShardInfo {
                     core: 0,
@@ -549,6 +562,7 @@ mod tests {
         let crc = crc32fast::hash(body.as_bytes());
         body.push_str(&format!("crc32 {crc:08x}\n"));
         let m = Manifest::parse(body.as_bytes()).unwrap();
+        assert_eq!(m.seed, None, "a manifest from before seeds were recorded");
         assert_eq!(
             m.source,
             SourceMark::File {

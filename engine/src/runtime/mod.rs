@@ -22,7 +22,7 @@ use crate::dataflow::Fronts;
 use crate::file_source;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pipeline::App;
-use crate::routing::{Envelope, Router};
+use crate::routing::{Envelope, Router, DEFAULT_MAX_KEY_BYTES};
 use crate::shutdown::StopHandle;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
@@ -78,17 +78,23 @@ pub struct Engine {
     cores: Option<usize>,
     ring_capacity: usize,
     sink_queue: usize,
-    seed: u64,
+    seed: Option<u64>,
+    max_key_bytes: usize,
     spin_before_park: Option<Duration>,
 }
+
+/// The hash seed every engine used before seeds were random and recorded in checkpoints: a
+/// checkpoint whose manifest names no seed was made with it.
+pub(crate) const LEGACY_SEED: u64 = 0x6265_7474_6f6e_6721;
 
 impl Default for Engine {
     fn default() -> Self {
         Engine {
             cores: None,
-            ring_capacity: 64,
+            ring_capacity: 32,
             sink_queue: 16,
-            seed: 0x6265_7474_6f6e_6721,
+            seed: None,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             spin_before_park: None,
         }
     }
@@ -132,9 +138,22 @@ impl Engine {
         self
     }
 
-    /// Seed of the key hash (every core shares it).
+    /// Seed of the key hash (every core shares it). By default each engine picks a random
+    /// seed ([`routing::random_seed`](crate::routing::random_seed)), so clients cannot choose
+    /// keys that all land on one core, and a run restored from a checkpoint takes the seed
+    /// recorded in it (so it routes as the run that wrote it did); this overrides both.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Longest key kept, in bytes ([`Key::byte_len`](crate::key::Key::byte_len): string and
+    /// byte keys); a record with a longer key is dropped and counted in `keys_rejected`, and
+    /// the other records of its frame still count. Default
+    /// [`DEFAULT_MAX_KEY_BYTES`](crate::routing::DEFAULT_MAX_KEY_BYTES);
+    /// `usize::MAX` keeps every key.
+    pub fn max_key_bytes(mut self, n: usize) -> Self {
+        self.max_key_bytes = n;
         self
     }
 
@@ -262,13 +281,28 @@ impl Engine {
             .collect();
         let stop = StopHandle::new();
         let metrics = Metrics::new(n);
-        let router = Router::new(n, self.seed);
+        let mut router = Router::new(n, self.seed.unwrap_or_else(crate::routing::random_seed))
+            .with_max_key_bytes(self.max_key_bytes);
         let recovery = match &checkpoints {
             Some((cfg, ops)) => Some(recover::recover::<A>(
                 cfg, ops, &chain, &sources, &router, &metrics,
             )?),
             None => None,
         };
+        // A restored run hashes as the run that wrote the checkpoint did, unless told otherwise
+        // (re-sharding is correct with any seed: it hashes every key again).
+        if let Some(v) = recovery.as_ref().and_then(|r| r.valid.as_ref()) {
+            let recorded = v.manifest.seed.unwrap_or(LEGACY_SEED);
+            match self.seed {
+                None => router = Router::new(n, recorded).with_max_key_bytes(self.max_key_bytes),
+                Some(s) if s != recorded => tracing::info!(
+                    "checkpoint {} was taken with another hash seed; its keys are re-sharded \
+                     with the seed this engine was given",
+                    v.manifest.id
+                ),
+                Some(_) => {}
+            }
+        }
         let files: Vec<&file_source::FileSourceConfig> = sources
             .iter()
             .filter_map(|s| match s {
@@ -373,6 +407,7 @@ impl Engine {
         let running = Running {
             threads,
             stop,
+            seed: router.seed(),
             metrics,
             local_addrs,
             cpus: cpus[..n].to_vec(),
@@ -438,6 +473,7 @@ fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), Error
 pub struct Running {
     threads: Vec<ExecutorJoinHandle<CoreOutcome>>,
     stop: StopHandle,
+    seed: u64,
     metrics: Metrics,
     local_addrs: Vec<Option<SocketAddr>>,
     cpus: Vec<usize>,
@@ -468,6 +504,12 @@ impl Running {
     /// Each source's address, in source order (`None` for sources that are not TCP).
     pub fn local_addrs(&self) -> &[Option<SocketAddr>] {
         &self.local_addrs
+    }
+
+    /// The seed of the key hash this engine routes with: random per engine, the checkpoint's
+    /// when it restored one, or the one given to [`Engine::seed`].
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The CPU each core thread is pinned to, in start order.

@@ -177,6 +177,7 @@ pub(crate) fn start_coordinator<A: App>(
         interval: cfg.interval,
         keep: cfg.keep,
         cores: n,
+        seed: router.seed(),
         next_id: rec.next_id,
         restored: restored_id,
         protected: rec.protected,
