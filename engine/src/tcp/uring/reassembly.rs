@@ -200,4 +200,51 @@ mod tests {
         assert_eq!(got, vec![b"abc".to_vec()]);
         assert_eq!(pending, 5);
     }
+
+    proptest::proptest! {
+        /// Any frames, cut into reads anywhere: the same frames come out, whole and in order,
+        /// and nothing is left pending at the end.
+        #[test]
+        fn any_cut_of_any_frames_gives_them_back(
+            frames in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20),
+            cuts in proptest::collection::vec(1usize..400, 1..40),
+        ) {
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let w = wire(&refs);
+            let dec = FrameDecoder::new(1 << 20);
+            let mut r = Reassembly::default();
+            let mut got = Vec::new();
+            let (mut pos, mut i) = (0, 0);
+            while pos < w.len() {
+                let end = (pos + cuts[i % cuts.len()]).min(w.len());
+                r.feed(&w[pos..end], &dec, &mut |f| got.push(f.to_vec())).unwrap();
+                pos = end;
+                i += 1;
+            }
+            proptest::prop_assert_eq!(got, frames);
+            proptest::prop_assert_eq!(r.pending(), 0);
+        }
+
+        /// Arbitrary bytes in arbitrary reads never panic; every frame delivered is within the
+        /// maximum, and an oversized header is reported, not delivered; what is pending never
+        /// exceeds one frame's size.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            cut in 1usize..300,
+            max in 0usize..600,
+        ) {
+            let dec = FrameDecoder::new(max);
+            let mut r = Reassembly::default();
+            for piece in bytes.chunks(cut) {
+                let mut ok = true;
+                let res = r.feed(piece, &dec, &mut |f| ok &= f.len() <= max);
+                proptest::prop_assert!(ok, "a frame above the maximum was delivered");
+                if res.is_err() {
+                    break;
+                }
+                proptest::prop_assert!(r.pending() <= max + HEADER_LEN);
+            }
+        }
+    }
 }
