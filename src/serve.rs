@@ -197,11 +197,14 @@ pub fn start_app<A: PersistApp>(
     let output = resolve(&opts.output, "--out")?;
     // The engine's own log names its limits but not the flags that set them: say it here.
     tracing::info!(
-        "limits: --max-frame {} bytes, --max-connections-per-core {}, --idle-timeout {:?}, \
+        "limits: --max-frame {} bytes, --max-connections-per-core {}, --idle-timeout {:?} (a \
+         whole frame within 3x that), --partial-frame-budget {} bytes, --max-key-bytes {}, \
          --sink-buffer {} bytes, --shutdown-grace {:?}",
         opts.max_frame,
         opts.limits.max_connections_per_core,
         opts.limits.idle_timeout,
+        opts.limits.partial_frame_budget,
+        opts.limits.max_key_bytes,
         opts.limits.sink_buffer,
         opts.limits.shutdown_grace
     );
