@@ -14,20 +14,16 @@
 //! The shared [`crate::support::Server`] cannot set an environment variable, so the server is
 //! spawned here (as `hardening_sink.rs` does) with `BETTONG_IO` set.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use bettong::corpus::split_frames;
 
-use crate::support::server::bettong_bin;
 use crate::support::{
     check_counts, frame_all, random_message, reference_counts, rss_mib, send_in_chunks,
-    start_receiver, total_lines, Rng, CORES, WAIT,
+    start_receiver, total_lines, Rng, ShServer, WAIT,
 };
 
 /// The idle timeout the servers here run with; the frame timeout is three times it.
@@ -38,140 +34,6 @@ const TRICKLERS: usize = 300;
 /// What each trickler sends before trickling: a header announcing 1 MiB, then 64 KiB of it.
 const ANNOUNCED: usize = 1 << 20;
 const SENT: usize = 64 * 1024;
-
-/// A `bettong serve` child with `BETTONG_IO` set; killed when dropped.
-struct IoServer {
-    child: Child,
-    addr: SocketAddr,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl IoServer {
-    fn start(io: &str, sink: SocketAddr, extra: &[&str]) -> IoServer {
-        let sink = sink.to_string();
-        let mut child = Command::new(bettong_bin())
-            .args([
-                "serve",
-                "--in",
-                "127.0.0.1:0",
-                "--out",
-                &sink,
-                "--cores",
-                CORES,
-            ])
-            .args(extra)
-            .env("BETTONG_IO", io)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start bettong");
-        let out: Arc<Mutex<Vec<String>>> = Arc::default();
-        let err: Arc<Mutex<Vec<String>>> = Arc::default();
-        let collect = |s: Box<dyn Read + Send>, log: Arc<Mutex<Vec<String>>>| {
-            thread::spawn(move || {
-                for line in BufReader::new(s).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line);
-                }
-            })
-        };
-        let readers = vec![
-            collect(Box::new(child.stdout.take().unwrap()), out.clone()),
-            collect(Box::new(child.stderr.take().unwrap()), err.clone()),
-        ];
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let ready = out.lock().unwrap().iter().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["event"] == "ready").then(|| v["in"].as_str()?.parse::<SocketAddr>().ok())?
-            });
-            if let Some(a) = ready {
-                break a;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "BETTONG_IO={io} bettong serve exited ({status}) before listening:\n{}",
-                    err.lock().unwrap().join("\n")
-                );
-            }
-            assert!(Instant::now() < deadline, "no ready line");
-            thread::sleep(Duration::from_millis(20));
-        };
-        IoServer {
-            child,
-            addr,
-            out,
-            err,
-            readers,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().join("\n")
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).expect("connect to the server");
-        s.set_nodelay(true).expect("nodelay");
-        s.set_write_timeout(Some(WAIT)).expect("write timeout");
-        s
-    }
-
-    /// SIGTERM, then the exit code and the counters of its stopped line.
-    fn stop(mut self) -> (Option<i32>, HashMap<String, u64>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "no exit after TERM");
-            thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let metrics = self
-            .out
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["event"] == "stopped").then(|| {
-                    v["metrics"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                })
-            })
-            .unwrap_or_default();
-        (status.code(), metrics, self.stderr())
-    }
-}
-
-impl Drop for IoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Busy clients' input: `frames` random messages each, framed.
 fn busy_inputs(clients: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {
@@ -187,7 +49,7 @@ fn busy_inputs(clients: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {
 }
 
 /// Sends every busy input on its own connection, in random pieces, each from its own thread.
-fn send_busy(server: &IoServer, inputs: &[Vec<u8>], seed: u64) {
+fn send_busy(server: &ShServer, inputs: &[Vec<u8>], seed: u64) {
     thread::scope(|s| {
         let senders: Vec<_> = inputs
             .iter()
@@ -210,7 +72,7 @@ fn send_busy(server: &IoServer, inputs: &[Vec<u8>], seed: u64) {
 
 /// Opens `n` connections that each send a header announcing [`ANNOUNCED`] bytes and then
 /// `sent` bytes of the payload (words unique to them, which must never be counted).
-fn open_partial_frames(server: &IoServer, n: usize, sent: usize) -> Vec<(TcpStream, Instant)> {
+fn open_partial_frames(server: &ShServer, n: usize, sent: usize) -> Vec<(TcpStream, Instant)> {
     (0..n)
         .map(|i| {
             let mut s = server.connect();
@@ -292,7 +154,12 @@ const RSS_BOUND_MIB: f64 = 80.0;
 fn trickling_partial_frames(io: &str) {
     let receiver = start_receiver();
     let idle = IDLE.as_secs().to_string();
-    let server = IoServer::start(io, receiver.local_addr(), &["--idle-timeout", &idle]);
+    let server = ShServer::start(
+        "",
+        &[("BETTONG_IO", io)],
+        receiver.local_addr(),
+        &["--idle-timeout", &idle],
+    );
     let pid = server.pid();
     let at_rest = settled_rss(pid);
 
@@ -403,8 +270,9 @@ fn partial_frames_over_budget(io: &str) {
     const BUDGET: usize = 1 << 20;
     const N: usize = 64;
     let receiver = start_receiver();
-    let server = IoServer::start(
-        io,
+    let server = ShServer::start(
+        "",
+        &[("BETTONG_IO", io)],
         receiver.local_addr(),
         &["--partial-frame-budget", &BUDGET.to_string()],
     );

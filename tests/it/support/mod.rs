@@ -7,6 +7,7 @@
 //! - [`corpus`]: build test input (seeded [`Rng`], random messages, framing).
 //! - [`check`]: compute the reference counts and compare output with them.
 //! - [`memory`]: the server's resident memory.
+//! - [`sh_server`]: a server started through `sh -c`, with its own limits or environment.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod net;
 pub mod receiver;
 pub mod server;
+pub mod sh_server;
 
 pub use check::{check_counts, diff_counts, reference_counts, total_lines};
 pub use corpus::{frame_all, random_message, Rng};
@@ -24,6 +26,7 @@ pub use memory::{peak_rss_mib, rss_mib};
 pub use net::{chunk_cuts, free_addr, header_splits, send_in_chunks, Flood};
 pub use receiver::{start_receiver, Pace, SinkConn, TestSink};
 pub use server::{final_metrics, number_after, run_to_exit, Server};
+pub use sh_server::ShServer;
 
 /// Executors the test servers run on (the machine the tests run on has 2 cores).
 pub const CORES: &str = "2";
