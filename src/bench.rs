@@ -93,7 +93,8 @@ impl Percentiles {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    /// The percentiles as a JSON object (`count`, `p50`, … `max`).
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99,
             "p999": self.p999, "max": self.max,

@@ -157,20 +157,8 @@ impl MarketPhase {
     }
 }
 
-fn percentiles_json(p: &Percentiles) -> Value {
-    let Percentiles {
-        count,
-        p50,
-        p90,
-        p99,
-        p999,
-        max,
-    } = *p;
-    json!({ "count": count, "p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max })
-}
-
 fn latency_json(probe: Option<&Percentiles>, engine: &Percentiles) -> Value {
-    json!({ "probe": probe.map(percentiles_json), "engine": percentiles_json(engine) })
+    json!({ "probe": probe.map(Percentiles::json), "engine": engine.json() })
 }
 
 /// Everything a Market Spread bench run found.
