@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bettong::corpus::split_frames;
 
 use crate::support::{
-    check_counts, frame_all, random_message, reference_counts, rss_mib, send_in_chunks,
-    start_receiver, total_lines, Rng, ShServer, WAIT,
+    busy_inputs, check_counts, reference_counts, rss_mib, send_busy, start_receiver, total_lines,
+    ShServer, WAIT,
 };
 
 /// The idle timeout the servers here run with; the frame timeout is three times it.
@@ -34,41 +34,6 @@ const TRICKLERS: usize = 300;
 /// What each trickler sends before trickling: a header announcing 1 MiB, then 64 KiB of it.
 const ANNOUNCED: usize = 1 << 20;
 const SENT: usize = 64 * 1024;
-
-/// Busy clients' input: `frames` random messages each, framed.
-fn busy_inputs(clients: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {
-    (0..clients)
-        .map(|c| {
-            let mut rng = Rng::new(seed + c as u64);
-            let payloads: Vec<String> = (0..frames)
-                .map(|_| random_message(&mut rng, 1, 12))
-                .collect();
-            frame_all(&payloads)
-        })
-        .collect()
-}
-
-/// Sends every busy input on its own connection, in random pieces, each from its own thread.
-fn send_busy(server: &ShServer, inputs: &[Vec<u8>], seed: u64) {
-    thread::scope(|s| {
-        let senders: Vec<_> = inputs
-            .iter()
-            .enumerate()
-            .map(|(c, framed)| {
-                let mut stream = server.connect();
-                s.spawn(move || {
-                    send_in_chunks(&mut stream, framed, &mut Rng::new(seed ^ c as u64))
-                        .map_err(|e| format!("busy client {c}: {e}"))
-                })
-            })
-            .collect();
-        for h in senders {
-            if let Err(e) = h.join().expect("a busy client panicked") {
-                panic!("{e}; the server's stderr:\n{}", server.stderr());
-            }
-        }
-    });
-}
 
 /// Opens `n` connections that each send a header announcing [`ANNOUNCED`] bytes and then
 /// `sent` bytes of the payload (words unique to them, which must never be counted).

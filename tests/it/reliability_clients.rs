@@ -16,22 +16,9 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{push_frame, split_frames};
 
 use crate::support::{
-    final_metrics, frame_all, random_message, reference_counts, rss_mib, send_in_chunks,
+    busy_inputs, final_metrics, reference_counts, rss_mib, send_busy, send_in_chunks,
     start_receiver, total_lines, Rng, Server, WAIT,
 };
-
-/// Busy clients' input: `frames` random messages each, framed.
-fn busy_inputs(clients: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {
-    (0..clients)
-        .map(|c| {
-            let mut rng = Rng::new(seed + c as u64);
-            let payloads: Vec<String> = (0..frames)
-                .map(|_| random_message(&mut rng, 1, 12))
-                .collect();
-            frame_all(&payloads)
-        })
-        .collect()
-}
 
 fn expected_of(inputs: &[Vec<u8>]) -> HashMap<String, u64> {
     reference_counts(
@@ -39,28 +26,6 @@ fn expected_of(inputs: &[Vec<u8>]) -> HashMap<String, u64> {
             .iter()
             .flat_map(|f| split_frames(f).expect("whole frames")),
     )
-}
-
-/// Sends every busy input on its own connection, in random pieces, from its own thread.
-fn send_busy(server: &Server, inputs: &[Vec<u8>], seed: u64) {
-    thread::scope(|s| {
-        let senders: Vec<_> = inputs
-            .iter()
-            .enumerate()
-            .map(|(c, framed)| {
-                let mut stream = server.connect();
-                s.spawn(move || {
-                    send_in_chunks(&mut stream, framed, &mut Rng::new(seed ^ c as u64))
-                        .map_err(|e| format!("busy client {c}: {e}"))
-                })
-            })
-            .collect();
-        for h in senders {
-            if let Err(e) = h.join().expect("a busy client panicked") {
-                panic!("{e}; the server's stderr:\n{}", server.stderr());
-            }
-        }
-    });
 }
 
 /// Waits until the server closes `stream` (end of stream or reset); returns how long that took,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests, one module per concern. Tests import them from here
 //! (`crate::support::{Server, WAIT, …}`); the modules say what each part is for.
 //!
+//! - [`busy`]: well-behaved clients beside a test's misbehaving ones.
 //! - [`server`]: start and stop the real `bettong` binary, read what it prints.
 //! - [`receiver`]: take the server's output (validating receiver, controllable [`TestSink`]).
 //! - [`net`]: write test input over sockets (random chunking, floods, free addresses).
@@ -11,6 +12,7 @@
 
 use std::time::Duration;
 
+pub mod busy;
 pub mod check;
 pub mod corpus;
 pub mod market;
@@ -20,6 +22,7 @@ pub mod receiver;
 pub mod server;
 pub mod sh_server;
 
+pub use busy::{busy_inputs, send_busy};
 pub use check::{check_counts, diff_counts, reference_counts, total_lines};
 pub use corpus::{frame_all, random_message, Rng};
 pub use memory::{peak_rss_mib, rss_mib};
