@@ -78,7 +78,7 @@ impl<T: Hash + Eq + Clone + Send + 'static> Key for T {
 
 /// Heap bytes an owned key holds outside its own `size_of` (string and byte keys past the
 /// inline size, `String` and `Vec<u8>` keys); 0 for every other key. For the byte estimate of
-/// a batch crossing cores.
+/// a batch crossing cores and for a shard's `state_bytes`.
 #[inline]
 pub(crate) fn owned_heap_bytes<K: ?Sized + Key>(owned: &K::Owned) -> usize {
     let any: &dyn std::any::Any = owned;

@@ -8,7 +8,7 @@
 
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
 
-use crate::key::Key;
+use crate::key::{owned_heap_bytes, Key};
 
 /// One key's slot: its hash, the owned key, and the user's state.
 struct Slot<K: ?Sized + Key, S> {
@@ -60,7 +60,7 @@ impl<K: ?Sized + Key, S> Shard<K, S> {
             TableEntry::Occupied(o) => &mut o.into_mut().state,
             TableEntry::Vacant(v) => {
                 let owned = key.to_owned_key();
-                self.key_bytes += heap_bytes::<K>(&owned);
+                self.key_bytes += owned_heap_bytes::<K>(&owned);
                 let slot = v.insert(Slot {
                     hash,
                     key: owned,
@@ -81,7 +81,7 @@ impl<K: ?Sized + Key, S> Shard<K, S> {
         ) {
             TableEntry::Occupied(mut o) => o.get_mut().state = state,
             TableEntry::Vacant(v) => {
-                self.key_bytes += heap_bytes::<K>(&key);
+                self.key_bytes += owned_heap_bytes::<K>(&key);
                 v.insert(Slot { hash, key, state });
             }
         }
@@ -116,18 +116,6 @@ impl<K: ?Sized + Key, S> Shard<K, S> {
     pub fn heap_bytes(&self) -> usize {
         let slot = std::mem::size_of::<Slot<K, S>>() + 1;
         self.table.capacity() * slot + self.key_bytes
-    }
-}
-
-/// Heap bytes an owned key holds outside its slot (string and byte keys past the inline size).
-fn heap_bytes<K: ?Sized + Key>(owned: &K::Owned) -> usize {
-    let any: &dyn std::any::Any = owned;
-    if let Some(s) = any.downcast_ref::<crate::key::SmallStr>() {
-        s.heap_bytes()
-    } else if let Some(b) = any.downcast_ref::<crate::key::SmallBytes>() {
-        b.heap_bytes()
-    } else {
-        0
     }
 }
 
