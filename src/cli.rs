@@ -21,6 +21,10 @@ pub struct Cli {
     /// What to run (default: a short loopback bench).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The log's format on stderr: `text` (colours only on a terminal) or `json` (one object
+    /// a line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The subcommands.
@@ -234,6 +238,14 @@ pub struct ServeArgs {
     /// kind, another file).
     #[arg(long)]
     pub start_empty_if_unreadable: bool,
+    /// Serve the metrics on HOST:PORT: `/metrics` (Prometheus), `/metrics.json` and a live
+    /// monitoring page at `/` (port 0: any free port, named in the ready line).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Time between progress lines in the log (msgs/s in, lines/s out, p99, connections,
+    /// keys, sink): `10s`, `500ms`, `1m`; 0 turns them off.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
     /// Longest key (word) kept, in bytes: a record with a longer key is dropped and counted in
     /// keys_rejected; the other words of its frame still count.
     #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().max_key_bytes,
@@ -242,6 +254,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// What the server shows while it runs (`--metrics-addr`, `--progress-interval`).
+    pub fn observe(&self) -> crate::observe::ObserveOptions {
+        crate::observe::ObserveOptions {
+            metrics_addr: self.metrics_addr.clone(),
+            progress_interval: self.progress_interval,
+        }
+    }
+
     /// The server options these flags give.
     pub fn options(self) -> crate::serve::ServeOptions {
         crate::serve::ServeOptions {
@@ -382,6 +402,10 @@ pub struct SendArgs {
     /// Messages per second over all connections (0: as fast as the server takes them).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// When stderr is not a terminal (no progress bar): time between plain progress lines,
+    /// `10s`, `500ms`; 0 turns them off.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
 }
 
 /// `bettong receive`.
@@ -446,7 +470,8 @@ impl Default for DemoArgs {
 }
 
 impl SendArgs {
-    /// The sender's options; `progress` is set when stderr is a terminal.
+    /// The sender's options; `progress` (a bar) is set when stderr is a terminal, otherwise it
+    /// prints plain lines every `--progress-interval`.
     pub fn to_options(&self, progress: bool) -> anyhow::Result<crate::send::SendOptions> {
         use crate::send::{SendOptions, SendSource};
         let source = match (&self.file, &self.framed_file) {
@@ -462,6 +487,9 @@ impl SendArgs {
         o.connections = self.connections.max(1);
         o.rate = self.rate;
         o.progress = progress;
+        if !progress {
+            o.progress_lines = self.progress_interval;
+        }
         Ok(o)
     }
 }

@@ -8,20 +8,16 @@ use clap::Parser;
 use bettong::cli::{BenchApp, BenchArgs, Cli, Command};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    bettong::logging::init(cli.log_format);
     let result = match cli
         .command
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
-        Command::Serve(a) => bettong::serve::serve(&a.options()),
-        Command::MarketSpread(a) => bettong::market_spread::serve::serve(&a.options()),
+        Command::Serve(a) => bettong::serve::serve(&a.observe(), &a.options()),
+        Command::MarketSpread(a) => {
+            bettong::market_spread::serve::serve(&a.observe(), &a.options())
+        }
         Command::Send(a) => a
             .to_options(std::io::stderr().is_terminal())
             .and_then(|o| bettong::send::run_send(&o))

@@ -75,6 +75,8 @@ pub struct SendOptions {
     pub rate: u64,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Without the bar: print a plain progress line on stderr this often (zero: never).
+    pub progress_lines: Duration,
     /// How long to keep retrying to connect while the server is not listening yet (default 10 s).
     pub connect_timeout: Duration,
 }
@@ -93,6 +95,7 @@ impl SendOptions {
             connections: 1,
             rate: 0,
             progress: false,
+            progress_lines: Duration::ZERO,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -368,6 +371,9 @@ pub fn run_send(opts: &SendOptions) -> Result<SendReport> {
         if opts.progress {
             let (counters, done) = (&counters, &done);
             s.spawn(move || show_progress(total, counters, done));
+        } else if !opts.progress_lines.is_zero() {
+            let (counters, done, every) = (&counters, &done, opts.progress_lines);
+            s.spawn(move || print_progress(total, counters, done, every));
         }
         let results = senders
             .into_iter()
@@ -387,6 +393,39 @@ pub fn run_send(opts: &SendOptions) -> Result<SendReport> {
         elapsed,
         connections: opts.connections,
     })
+}
+
+/// Prints a plain progress line on stderr every `every` until `done` (for a stderr that is not a
+/// terminal, where a bar would be a wall of control codes).
+fn print_progress(total: Option<u64>, counters: &Counters, done: &AtomicBool, every: Duration) {
+    let (mut last, mut last_at) = (0u64, Instant::now());
+    let mut next = last_at + every;
+    while !done.load(Ordering::Relaxed) {
+        thread::sleep(PROGRESS_EVERY);
+        let now = Instant::now();
+        if now < next {
+            continue;
+        }
+        let sent = counters.messages.load(Ordering::Relaxed);
+        eprintln!("{}", progress_line(sent, total, sent - last, now - last_at));
+        (last, last_at, next) = (sent, now, now + every);
+    }
+}
+
+/// One plain progress line: messages sent (of how many), and the rate since the last line.
+///
+/// ```text
+/// send: 1500000 of 2000000 msgs (75%), 150000 msgs/s
+/// ```
+fn progress_line(sent: u64, total: Option<u64>, delta: u64, dt: Duration) -> String {
+    let rate = delta as f64 / dt.as_secs_f64().max(1e-3);
+    match total {
+        Some(t) if t > 0 => format!(
+            "send: {sent} of {t} msgs ({:.0}%), {rate:.0} msgs/s",
+            sent as f64 * 100.0 / t as f64
+        ),
+        _ => format!("send: {sent} msgs, {rate:.0} msgs/s"),
+    }
 }
 
 /// Draws a progress bar on stderr from the shared counters until `done`.
@@ -422,6 +461,18 @@ mod tests {
             push_frame(&mut framed, format!("m{i}").as_bytes());
         }
         load(&SendSource::Bytes(framed)).unwrap().0
+    }
+
+    #[test]
+    fn progress_lines_give_the_count_and_the_rate() {
+        assert_eq!(
+            progress_line(150, Some(200), 100, Duration::from_secs(2)),
+            "send: 150 of 200 msgs (75%), 50 msgs/s"
+        );
+        assert_eq!(
+            progress_line(7, None, 7, Duration::from_secs(1)),
+            "send: 7 msgs, 7 msgs/s"
+        );
     }
 
     #[test]

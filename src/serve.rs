@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::observe::{ObserveOptions, Observers};
 use bettong_engine::sink::Records;
 use bettong_engine::{
     Checkpoints, Engine, FileSourceConfig, IoBackend, MetricsSnapshot, PersistApp, Report, Running,
@@ -282,8 +284,9 @@ pub fn check_limits(opts: &ServeOptions) -> Result<()> {
 /// With `--in file:PATH`, a file that is shorter when the server stops than when it started
 /// (truncated under it, as logrotate's copytruncate does) is an error: the frames past the cut
 /// were never read, so the server exits 1 after its graceful stop, naming the file.
-pub fn serve(opts: &ServeOptions) -> Result<()> {
+pub fn serve(observe: &ObserveOptions, opts: &ServeOptions) -> Result<()> {
     install_signal_handlers()?;
+    first_line("serve", observe, opts);
     let file = opts
         .input
         .strip_prefix("file:")
@@ -298,7 +301,7 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         Some(addr) => addr.to_string(),
         None => opts.input.clone(),
     };
-    run_until_signal(opts, running, &input, "word-count server")?;
+    run_until_signal(opts, observe, running, &input, "word-count server")?;
     if let (Some(path), Some(before)) = (file, len_at_start) {
         let now = std::fs::metadata(&path).map(|m| m.len());
         match now {
@@ -381,12 +384,25 @@ pub fn install_signal_handlers() -> Result<()> {
 /// line and the final log. `what` names the server in errors.
 pub fn run_until_signal(
     opts: &ServeOptions,
+    observe: &ObserveOptions,
     running: Running,
     input: &str,
     what: &str,
 ) -> Result<()> {
     install_signal_handlers()?;
-    print_line(&ready_line(input, running.cpus().len()));
+    let observers = match Observers::start(observe, running.metrics()) {
+        Ok(o) => o,
+        Err(e) => {
+            running.stop();
+            let _ = running.join();
+            return Err(e);
+        }
+    };
+    print_line(&ready_line_with_metrics(
+        input,
+        running.cpus().len(),
+        observers.metrics_addr(),
+    ));
     let stop = running.stop_handle();
     *SIGNALS.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
     // A signal that came during start-up found no handle: act on it now.
@@ -396,9 +412,9 @@ pub fn run_until_signal(
         );
         stop.stop();
     }
-    let report = running
-        .join()
-        .with_context(|| format!("running the {what}"))?;
+    let report = running.join();
+    drop(observers);
+    let report = report.with_context(|| format!("running the {what}"))?;
     print_line(&stopped_line(&report));
     let t = report.total();
     tracing::info!(
@@ -409,7 +425,7 @@ pub fn run_until_signal(
         t.outputs,
         t.bytes_out
     );
-    tracing::info!("final metrics: {t}");
+    tracing::info!("final metrics: {}", snapshot_json(&t));
     if opts.resilience_dir.is_some() && t.checkpoints > 0 {
         tracing::info!(
             "checkpoint pauses: longest {:.3} ms, mean {:.3} ms over {} core snapshots",
@@ -448,8 +464,42 @@ pub fn run_until_signal(
 /// );
 /// ```
 pub fn ready_line(input: &str, cores: usize) -> String {
+    ready_line_with_metrics(input, cores, None)
+}
+
+/// [`ready_line`], with `"metrics":"HOST:PORT"` at its end when the metrics are served
+/// (`--metrics-addr`; the port chosen when it asked for port 0).
+///
+/// ```
+/// assert_eq!(
+///     bettong::serve::ready_line_with_metrics("127.0.0.1:7000", 2, "127.0.0.1:9100".parse().ok()),
+///     r#"{"event":"ready","in":"127.0.0.1:7000","cores":2,"metrics":"127.0.0.1:9100"}"#
+/// );
+/// ```
+pub fn ready_line_with_metrics(input: &str, cores: usize, metrics: Option<SocketAddr>) -> String {
     let input = serde_json::Value::from(input);
-    format!(r#"{{"event":"ready","in":{input},"cores":{cores}}}"#)
+    match metrics {
+        Some(m) => format!(r#"{{"event":"ready","in":{input},"cores":{cores},"metrics":"{m}"}}"#),
+        None => format!(r#"{{"event":"ready","in":{input},"cores":{cores}}}"#),
+    }
+}
+
+/// The first line of a server command's log, before anything else it logs: the command, its
+/// version and pid, and the addresses it is given: where it listens (`--in`), where it writes
+/// (`--out`) and where its metrics are served (`--metrics-addr`). Ports given as 0 are chosen at
+/// start: the ready line on stdout and the next log lines say which.
+pub fn first_line(command: &str, observe: &ObserveOptions, opts: &ServeOptions) {
+    tracing::info!(
+        "bettong {} {command} (pid {}): listening on {} (--in), output to {} (--out), metrics {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        opts.input,
+        opts.output,
+        match &observe.metrics_addr {
+            Some(a) => format!("on {a} (--metrics-addr)"),
+            None => "not served (no --metrics-addr)".into(),
+        }
+    );
 }
 
 /// The line `serve` prints on stdout once it has stopped (gracefully or not, before its exit
@@ -468,6 +518,13 @@ pub fn stopped_line(report: &Report) -> String {
     }
     line.push_str("]}");
     line
+}
+
+/// `m` as one JSON object of its counters (the `metrics` of [`stopped_line`]).
+pub fn snapshot_json(m: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+    push_snapshot(&mut out, m);
+    out
 }
 
 /// Appends `m` as a JSON object of its counters, every one of them, in the snapshot's order.

@@ -56,6 +56,7 @@ mod file_source;
 pub mod key;
 mod memory;
 pub mod metrics;
+pub mod monitor;
 mod notify;
 pub mod pipeline;
 mod read_step;

@@ -22,19 +22,25 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// One core's live counters. Written only by that core; read by anyone.
         #[derive(Debug, Default)]
         #[repr(align(128))]
         pub(crate) struct CoreMetrics {
-            $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
+            $( $(#[doc = $doc])* pub(crate) $name: AtomicU64, )*
+        }
+
+        /// Each counter's doc comment, in the order of [`MetricsSnapshot::fields`] (exporters'
+        /// help texts).
+        pub fn field_docs() -> Vec<&'static str> {
+            vec![ $( concat!($($doc, )* "").trim_start(), )* ]
         }
 
         /// A plain copy of one core's counters, or their total over cores (`+=`: see the
         /// [module docs](self) for which fields add up and which take the maximum).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct MetricsSnapshot {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl MetricsSnapshot {
@@ -118,6 +124,8 @@ counters! {
     /// Connections closed because the core's partial frames went over `partial_frame_budget`
     /// bytes (the connections holding the most are closed first).
     connections_over_budget,
+    /// Source connections open now (a gauge).
+    connections_open,
     /// Frames decoded (valid or not).
     frames_in,
     /// Frames rejected whole by the pipeline's decoder (for a text pipeline: not valid UTF-8).
@@ -151,6 +159,9 @@ counters! {
     sink_connects,
     /// Failed sink connection attempts.
     sink_connect_failures,
+    /// 1 while this core's sink connection is up, 0 while it is down or closed (a gauge; the
+    /// total is the number of cores connected).
+    sink_connected,
     /// Bytes handed to a sink connection that then broke: they may not have arrived.
     sink_bytes_at_risk,
     /// Bytes of output never written: the sink stayed unreachable (or took nothing) for
@@ -178,6 +189,12 @@ impl CoreMetrics {
         if n != 0 {
             counter.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Subtracts `n` from a gauge. Only the owning core calls this.
+    #[inline]
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
     }
 
     /// Sets a gauge. Only the owning core calls this.
@@ -217,6 +234,27 @@ impl LatencyRecorder {
             let _ = h.record(us);
         }
     }
+
+    /// A copy of the histogram. The lock is held only for the copy of its counts (one
+    /// allocation and a `memcpy`), so a reader delays the core's next `record` by that at most.
+    pub(crate) fn copy(&self) -> Histogram<u64> {
+        match self.hist.lock() {
+            Ok(h) => h.clone(),
+            Err(_) => new_histogram(),
+        }
+    }
+}
+
+/// One histogram of every core, by name, for exporters ([`Metrics::histograms`]).
+#[derive(Debug, Clone)]
+pub struct NamedHistogram {
+    /// Its name without unit, `snake_case` (the Prometheus exporter makes it
+    /// `bettong_<name>_seconds`).
+    pub name: &'static str,
+    /// What it measures, one sentence.
+    pub help: &'static str,
+    /// Each core's histogram, by core index, in microseconds.
+    pub per_core: Vec<Histogram<u64>>,
 }
 
 /// Checkpoints as the coordinator sees them (engine-wide, zero when checkpoints are off).
@@ -312,6 +350,18 @@ impl Metrics {
             }
         }
         all
+    }
+
+    /// Every histogram the engine keeps, each core's copy, for exporters (the monitor's
+    /// `/metrics` and `/metrics.json`, progress lines). A new histogram appears in all of them
+    /// once it is listed here.
+    pub fn histograms(&self) -> Vec<NamedHistogram> {
+        vec![NamedHistogram {
+            name: "latency",
+            help: "Time from an input's arrival at the engine to its output being written to \
+                   the sink.",
+            per_core: self.latency.iter().map(LatencyRecorder::copy).collect(),
+        }]
     }
 
     /// Clears every latency histogram (to measure one phase of a run).

@@ -476,6 +476,7 @@ pub(crate) async fn run_tcp_sink(
         link.wait_acks(m, &shutdown).await;
     }
     link.close().await;
+    CoreMetrics::set(&m.sink_connected, 0);
 }
 
 /// How often the writer asks the kernel how much of what it wrote the receiver acknowledged,
@@ -632,6 +633,7 @@ impl<'a> Link<'a> {
                         .local_addr()
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     CoreMetrics::add(&m.sink_connects, 1);
+                    CoreMetrics::set(&m.sink_connected, 1);
                     let down_since = self.down_since.take();
                     if let Some(held_back) = self.log_up.allow() {
                         let note = LogLimit::note(held_back);
@@ -806,6 +808,7 @@ impl<'a> Link<'a> {
     /// belong to a record the break cut short (written again on the next connection).
     fn broke(&mut self, m: &CoreMetrics, e: io::Error, cut: usize) {
         let Some(conn) = self.conn.take() else { return };
+        CoreMetrics::set(&m.sink_connected, 0);
         let at_risk = conn.written.saturating_sub(cut as u64);
         CoreMetrics::add(&m.sink_bytes_at_risk, at_risk);
         // The whole records written into it and not acknowledged are lost with it (not written

@@ -11,6 +11,7 @@ use bettong_engine::sink::Records;
 use bettong_engine::{Running, SourceConfig};
 
 use super::app::market_spread;
+use crate::observe::ObserveOptions;
 use crate::serve::{check_limits, resolve, run_until_signal, start_app, tcp_source, ServeOptions};
 
 /// The two source addresses of `--in`, Orders first.
@@ -77,10 +78,11 @@ fn addr(running: &Running, i: usize) -> String {
 
 /// Runs the Market Spread server until SIGINT or SIGTERM, then stops it gracefully. Its ready
 /// line's `in` is `Orders@HOST:PORT,Nbbo@HOST:PORT` with the ports it really listens on.
-pub fn serve(opts: &ServeOptions) -> Result<()> {
+pub fn serve(observe: &ObserveOptions, opts: &ServeOptions) -> Result<()> {
     // Before start-up, so a signal during a long restore stops gracefully.
     crate::serve::install_signal_handlers()?;
+    crate::serve::first_line("market-spread", observe, opts);
     let running = start(opts)?;
     let input = format!("Orders@{},Nbbo@{}", addr(&running, 0), addr(&running, 1));
-    run_until_signal(opts, running, &input, "Market Spread server")
+    run_until_signal(opts, observe, running, &input, "Market Spread server")
 }

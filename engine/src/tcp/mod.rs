@@ -473,12 +473,14 @@ async fn serve<A: App, L: Accept>(
             continue;
         }
         CoreMetrics::add(&m.connections_accepted, 1);
+        CoreMetrics::add(&m.connections_open, 1);
         let guard = tasks.enter();
         let (worker, cfg, budget) = (worker.clone(), cfg.clone(), budget.clone());
         glommio::spawn_local(async move {
             let slot = budget.register();
             read_connection(&worker, source, conn, peer, &cfg, &budget, &slot).await;
             budget.unregister(&slot);
+            CoreMetrics::sub(&worker.metrics.core(worker.index).connections_open, 1);
             drop(guard);
         })
         .detach();

@@ -1,0 +1,214 @@
+//! Watching a running engine: Prometheus metrics, a live monitoring page and progress lines.
+//!
+//! [`Monitor::start`] serves, on its own threads (never on an engine core):
+//! - `/metrics`: every per-core counter and gauge with a `core` label, the histograms of
+//!   [`Metrics::histograms`] in seconds, and the checkpoint counters, in the Prometheus
+//!   (OpenMetrics) text format ([`prometheus`], names from [`names`]);
+//! - `/metrics.json`: the latest one-second [`Sample`] (`?history`: the last
+//!   [`HISTORY`] of them), rates, levels and latency percentiles per core and in total;
+//! - `/`: the monitoring page ([`page`]), which charts `/metrics.json` every second.
+//!
+//! [`Progress`] logs one line every interval from the same samples. Both read the cores'
+//! counters with relaxed atomic loads and copy their histograms (see [`Metrics::histograms`]).
+//!
+//! ```no_run
+//! use bettong_engine::monitor::Monitor;
+//! # fn run(running: &bettong_engine::Running) -> Result<(), bettong_engine::monitor::MonitorError> {
+//! let monitor = Monitor::start("127.0.0.1:9100".parse().unwrap(), running.metrics().clone())?;
+//! println!("metrics on http://{}/metrics", monitor.local_addr());
+//! # Ok(()) }
+//! ```
+
+mod http;
+pub mod names;
+pub mod page;
+pub mod progress;
+pub mod prometheus;
+pub mod sample;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use progress::Progress;
+pub use sample::{Sample, Sampler};
+
+use crate::Metrics;
+
+/// Samples kept for `/metrics.json?history`: ten minutes at one a second.
+pub const HISTORY: usize = 600;
+
+/// How often the monitor samples the metrics for `/metrics.json`.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the monitor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The HTTP server could not listen.
+    #[error(
+        "the metrics server cannot listen on {addr}: {reason}; pick a free port with \
+         --metrics-addr (port 0 picks one)"
+    )]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A thread could not be started.
+    #[error("the metrics server cannot start its {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The samples kept, newest last, shared by the sampler and the HTTP thread (never by a core).
+#[derive(Debug, Clone, Default)]
+struct History(Arc<Mutex<VecDeque<Arc<str>>>>);
+
+impl History {
+    fn push(&self, json: String) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(json.into());
+    }
+
+    /// The newest sample's JSON (`{}` before the first).
+    fn latest_json(&self) -> String {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        h.back().map_or_else(|| "{}".to_string(), |s| s.to_string())
+    }
+
+    /// Every sample kept, as a JSON array, oldest first.
+    fn all_json(&self) -> String {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(h.iter().map(|s| s.len() + 1).sum::<usize>() + 2);
+        out.push('[');
+        for (i, s) in h.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(s);
+        }
+        out.push(']');
+        out
+    }
+}
+
+/// Starts the monitor.
+#[derive(Debug)]
+pub struct Monitor;
+
+/// A running monitor: its threads stop when this is dropped (or [`MonitorHandle::stop`]).
+pub struct MonitorHandle {
+    addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    http_stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Serves `/metrics`, `/metrics.json` and the page on `addr` (port 0: any free port, see
+    /// [`MonitorHandle::local_addr`]) from `metrics`, on two threads of its own: one samples
+    /// the metrics every [`SAMPLE_EVERY`], one answers HTTP requests.
+    pub fn start(addr: SocketAddr, metrics: Metrics) -> Result<MonitorHandle, MonitorError> {
+        let server = tiny_http::Server::http(addr).map_err(|e| MonitorError::Listen {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let local = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| MonitorError::Listen {
+                addr,
+                reason: "it is not an IP address".into(),
+            })?;
+        let server = Arc::new(server);
+        let history = History::default();
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let http_stop = Arc::new(AtomicBool::new(false));
+        let mut handle = MonitorHandle {
+            addr: local,
+            server: server.clone(),
+            stop: stop.clone(),
+            http_stop: http_stop.clone(),
+            threads: Vec::new(),
+        };
+        let mut sampler = Sampler::new(metrics.clone());
+        let h = history.clone();
+        let sampling = std::thread::Builder::new()
+            .name("bettong-monitor-sample".into())
+            .spawn(move || loop {
+                let (lock, cvar) = &*stop;
+                let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (stopped, _) = cvar
+                    .wait_timeout_while(stopped, SAMPLE_EVERY, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                h.push(sampler.sample().json().to_string());
+            })
+            .map_err(|source| MonitorError::Thread {
+                what: "sampling",
+                source,
+            })?;
+        handle.threads.push(sampling);
+        let registry = prometheus::registry(metrics);
+        let serving = std::thread::Builder::new()
+            .name("bettong-monitor-http".into())
+            .spawn(move || http::serve(server, registry, history, http_stop))
+            .map_err(|source| MonitorError::Thread {
+                what: "HTTP",
+                source,
+            })?;
+        handle.threads.push(serving);
+        Ok(handle)
+    }
+}
+
+impl std::fmt::Debug for MonitorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl MonitorHandle {
+    /// The address it really listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and joins the threads.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.1.notify_all();
+        self.http_stop.store(true, Ordering::Relaxed);
+        self.server.unblock();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MonitorHandle {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
