@@ -15,6 +15,8 @@ mod hardening_partial_frames;
 mod hardening_sink;
 mod market_spread_bench;
 mod market_spread_e2e;
+mod observability;
+mod observability_page;
 mod recovery_e2e;
 mod recovery_engine;
 mod reliability_backpressure;

@@ -9,6 +9,8 @@
 //! - [`check`]: compute the reference counts and compare output with them.
 //! - [`memory`]: the server's resident memory.
 //! - [`sh_server`]: a server started through `sh -c`, with its own limits or environment.
+//! - [`monitor`]: the server's metrics server (`--metrics-addr`) from outside, and a load to
+//!   watch.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ pub mod check;
 pub mod corpus;
 pub mod market;
 pub mod memory;
+pub mod monitor;
 pub mod net;
 pub mod receiver;
 pub mod server;

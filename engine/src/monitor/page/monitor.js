@@ -17,38 +17,50 @@ const fmt = (v) => {
   return (Math.round(v * 10) / 10).toString();
 };
 const bytes = (v) => fmt(v) + "B";
-const us = (v) => (v >= 1000 ? (v / 1000).toFixed(2) + " ms" : v + " µs");
+const us = (v) => (v >= 1000 ? (v / 1000).toFixed(v >= 1e5 ? 0 : 2) + " ms" : Math.round(v) + " µs");
 
 // The series of one chart: [label, function of a sample giving the value, dashed?].
 function chartSeries(cores) {
   const perCore = (label, f, dash) =>
-    Array.from({ length: cores }, (_, i) => [label + " core " + i, (s) => f(s.per_core[i]), dash]);
+    Array.from({ length: cores }, (_, i) => [label + " " + i, (s) => f(s.per_core[i]), dash]);
   return {
     "chart-throughput": [
       ["msgs/s in", (s) => s.total.per_s.frames_in, false],
+      ...perCore("core", (c) => c.per_s.frames_in, true),
+    ],
+    "chart-output": [
       ["lines/s out", (s) => s.total.per_s.outputs, false],
-      ...perCore("in", (c) => c.per_s.frames_in, true),
+      ...perCore("core", (c) => c.per_s.outputs, true),
     ],
     "chart-latency": [
       ["p50", (s) => s.total.hist_us.latency.p50, false],
       ["p99", (s) => s.total.hist_us.latency.p99, false],
       ["p99.9", (s) => s.total.hist_us.latency.p999, false],
-      ...perCore("p99", (c) => c.hist_us.latency.p99, true),
+      ...perCore("p99 core", (c) => c.hist_us.latency.p99, true),
     ],
     "chart-connections": [
       ["total", (s) => s.total.now.connections_open, false],
-      ...perCore("", (c) => c.now.connections_open, true),
+      ...perCore("core", (c) => c.now.connections_open, true),
     ],
     "chart-keys": [
       ["total", (s) => s.total.now.keys, false],
-      ...perCore("", (c) => c.now.keys, true),
+      ...perCore("core", (c) => c.now.keys, true),
+    ],
+    "chart-sink": [
+      ["cores connected", (s) => s.total.now.sink_connected, false],
+      ["checkpoints committed", (s) => s.checkpoints.committed, false],
+      ["checkpoints failed", (s) => s.checkpoints.failed, false],
     ],
   };
 }
 
+// Axis and legend formats by chart: latencies are microseconds.
+const FORMATS = { "chart-latency": us };
+
 function makeCharts(cores) {
   const defs = chartSeries(cores);
   for (const [id, series] of Object.entries(defs)) {
+    const f = FORMATS[id] || fmt;
     const el = document.getElementById(id);
     el.innerHTML = "";
     const opts = {
@@ -61,10 +73,10 @@ function makeCharts(cores) {
           stroke: COLORS[i % COLORS.length],
           width: dash ? 1 : 2,
           dash: dash ? [5, 4] : undefined,
-          value: (u, v) => fmt(v),
+          value: (u, v) => (v === null ? "–" : f(v)),
         })),
       ],
-      axes: [{}, { values: (u, vals) => vals.map(fmt), size: 60 }],
+      axes: [{}, { values: (u, vals) => vals.map(f), size: 70 }],
       scales: { y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
     };
     charts[id] = { series, plot: new uPlot(opts, [[], ...series.map(() => [])], el), el };
