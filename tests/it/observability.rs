@@ -311,3 +311,34 @@ fn json_logs_and_no_colours_when_stderr_is_not_a_terminal() {
         .expect("the final metrics are one JSON object");
     assert_eq!(metrics["frames_in"], 50);
 }
+
+#[test]
+fn market_spread_serves_its_metrics_too() {
+    use crate::support::market::{quote, quote_frame, MarketServer, ResultSink};
+    let sink = ResultSink::start();
+    let ms = MarketServer::start(sink.addr(), &["--metrics-addr", "127.0.0.1:0"]);
+    let addr = crate::support::monitor::metrics_addr(&ms.server);
+    let mut nbbo = ms.connect_nbbo();
+    for _ in 0..10 {
+        nbbo.write_all(&quote_frame(&quote(b"ABCD", 10.0, 10.01)))
+            .expect("send a quote");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let frames: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("bettong_frames_in_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if frames == 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames {frames}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::sample::{Part, Sample, Sampler};
 use crate::Metrics;
 
-/// A core is "far from the others" when its input rate is below this fraction, or above its
-/// inverse, of the other cores' mean (and they take at least [`MIN_RATE`] messages a second),
+/// A core is "far from the others" when its input rate is below this fraction of the other
+/// cores' mean (and they take at least [`MIN_RATE`] messages a second), or, with three cores or
+/// more, above its inverse (with two, the busy one is the other side of the one far behind),
 /// or its p99 latency above this many times the other cores' largest.
 pub const FAR: f64 = 0.5;
 
@@ -135,7 +136,7 @@ fn far(i: usize, cores: &[Part]) -> Option<&'static str> {
         if me < mean * FAR {
             return Some("is far behind the others");
         }
-        if me * FAR > mean {
+        if me * FAR > mean && others.len() >= 2 {
             return Some("takes far more than the others");
         }
     }
@@ -250,6 +251,21 @@ mod tests {
         assert!(
             !slow.contains("core 0") && !slow.contains("core 2"),
             "{slow}"
+        );
+        let two = line(&sample(vec![part(1e6, 200, 3), part(0.2e6, 250, 1)]));
+        assert!(two.contains("; core 1 is far behind"), "{two}");
+        assert!(
+            !two.contains("core 0"),
+            "with two cores only the one behind: {two}"
+        );
+        let hot = line(&sample(vec![
+            part(1e5, 200, 1),
+            part(1e6, 200, 2),
+            part(1e5, 200, 1),
+        ]));
+        assert!(
+            hot.contains("; core 1 takes far more than the others"),
+            "{hot}"
         );
         let late = line(&sample(vec![part(1e6, 200, 2), part(1e6, 9_000, 2)]));
         assert!(late.contains("core 1 has far higher latency"), "{late}");
