@@ -504,6 +504,8 @@ impl ReceiveArgs {
         o.validate = self.validate;
         o.expect_lines = self.expect_lines;
         o.idle_exit = self.idle_exit.map(Duration::from_secs_f64);
+        // A live status line on a terminal; plain lines in a log.
+        o.bar = std::io::IsTerminal::is_terminal(&std::io::stderr());
         if self.market_spread {
             let expected = match (&self.orders, &self.nbbo) {
                 (Some(orders), Some(nbbo)) => {

@@ -47,6 +47,8 @@ pub struct ReceiveOptions {
     pub idle_exit: Option<Duration>,
     /// Period of the rate report printed to stderr; `Duration::ZERO` turns it off.
     pub report_every: Duration,
+    /// Show the rate report as a live status line (a terminal's) instead of one line each time.
+    pub bar: bool,
     /// With `Some`, receive Market Spread's framed order results instead of lines: count them
     /// (as `lines`), check them, write nothing. `validate` is then ignored.
     pub market_spread: Option<MarketSpreadCheck>,
@@ -85,6 +87,7 @@ impl ReceiveOptions {
             expect_lines: None,
             idle_exit: None,
             report_every: Duration::from_secs(1),
+            bar: false,
             market_spread: None,
         }
     }
@@ -526,6 +529,14 @@ pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<Receive
             .with_context(|| format!("receive: writing the data received on {addr} failed"))
     };
     let report_on = !opts.report_every.is_zero();
+    let bar = (report_on && opts.bar).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
     let mut next_report = Instant::now() + opts.report_every;
     let (mut last_lines, mut last_bytes, mut last_at) = (0u64, 0u64, Instant::now());
     loop {
@@ -545,13 +556,17 @@ pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<Receive
         if report_on && now >= next_report {
             let (lines, bytes) = (receiver.lines(), receiver.bytes());
             let dt = now - last_at;
-            eprintln!(
+            let status = format!(
                 "receive: {:.0} {unit}/s, {:.0} bytes/s ({lines} {unit}, {bytes} bytes, {} \
                  connections)",
                 per_sec(lines - last_lines, dt),
                 per_sec(bytes - last_bytes, dt),
                 receiver.connections(),
             );
+            match &bar {
+                Some(bar) => bar.set_message(status),
+                None => eprintln!("{status}"),
+            }
             (last_lines, last_bytes, last_at) = (lines, bytes, now);
             next_report = now + opts.report_every;
             if rx.is_some() {
@@ -570,6 +585,9 @@ pub fn run_receive(opts: &ReceiveOptions, out: &mut dyn Write) -> Result<Receive
         }
     }
     receiver.stop_inputs();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if let Some(rx) = rx {
         for chunk in rx.iter() {
             write(out, &chunk)?;

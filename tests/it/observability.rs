@@ -342,3 +342,63 @@ fn market_spread_serves_its_metrics_too() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `send` and `receive` off a terminal: plain progress lines, no bar redrawn with `\r` or ANSI
+/// codes.
+#[test]
+fn send_and_receive_print_plain_progress_lines_off_a_terminal() {
+    let listen = crate::support::free_addr().to_string();
+    let mut receive = Server::spawn(&[
+        "receive",
+        "--listen",
+        &listen,
+        "--no-write",
+        "--idle-exit",
+        "1",
+    ]);
+    let server = Server::serve(
+        "127.0.0.1:0",
+        listen.parse().unwrap(),
+        &["--progress-interval", "0"],
+    );
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/data/bill_of_rights.txt");
+    let host = server.addr().to_string();
+    let (status, send_log) = crate::support::run_to_exit(&[
+        "send",
+        "--host",
+        &host,
+        "--file",
+        file,
+        "--repeat",
+        "0",
+        "--messages",
+        "3000",
+        "--rate",
+        "2500",
+        "--progress-interval",
+        "300ms",
+    ]);
+    assert!(status.success(), "{send_log}");
+    let lines: Vec<&str> = send_log
+        .lines()
+        .filter(|l| l.starts_with("send: "))
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "plain progress lines every 300 ms for 1.2 s:\n{send_log}"
+    );
+    assert!(
+        lines[0].contains(" of 3000 msgs (") && lines[0].ends_with(" msgs/s"),
+        "{send_log}"
+    );
+    let status = receive.wait_exit(WAIT);
+    let receive_log = receive.stderr();
+    assert!(status.success(), "{receive_log}");
+    assert!(receive_log.contains("receive: "), "{receive_log}");
+    for log in [&send_log, &receive_log] {
+        assert!(
+            !log.contains('\r') && !log.contains('\u{1b}'),
+            "bar codes in a log:\n{log}"
+        );
+    }
+}
