@@ -212,3 +212,64 @@ impl Drop for MonitorHandle {
         self.shut();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CoreMetrics;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_metrics_samples_and_the_page_then_stops() {
+        let m = Metrics::new(2);
+        CoreMetrics::add(&m.core(1).frames_in, 5);
+        let monitor = Monitor::start("127.0.0.1:0".parse().unwrap(), m.clone()).unwrap();
+        let addr = monitor.local_addr();
+        assert_ne!(addr.port(), 0);
+        let metrics = get(addr, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains(prometheus::CONTENT_TYPE), "{metrics}");
+        assert!(
+            metrics.contains("bettong_frames_in_total{core=\"1\"} 5"),
+            "{metrics}"
+        );
+        assert!(get(addr, "/").contains("<title>Bettong monitor</title>"));
+        // The first sample comes after one interval.
+        std::thread::sleep(SAMPLE_EVERY + Duration::from_millis(300));
+        let json = get(addr, "/metrics.json?history");
+        let body = json.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v[0]["total"]["now"]["frames_in"], 5, "{v}");
+        assert!(get(addr, "/elsewhere").starts_with("HTTP/1.1 404"));
+        monitor.stop();
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening after stop"
+        );
+    }
+
+    #[test]
+    fn a_busy_address_is_an_error_that_names_it_and_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = Monitor::start(addr, Metrics::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&addr.to_string()) && err.contains("--metrics-addr"),
+            "{err}"
+        );
+    }
+}
