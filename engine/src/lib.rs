@@ -23,6 +23,8 @@
 //! - [`checkpoint`]: consistent checkpoints of every state step, and recovery from them; the
 //!   data path calls the hooks of its `checkpoint/participant.rs`.
 //! - [`metrics`]: per-core counters; `shutdown.rs`: how a stop request reaches every task.
+//! - [`monitor`]: watching a running engine: Prometheus `/metrics`, `/metrics.json` and a live
+//!   page over HTTP on threads of their own, and progress lines.
 //!
 //! ```
 //! use bettong_engine::{Engine, MemorySource, Pipeline, SinkConfig, SourceConfig};

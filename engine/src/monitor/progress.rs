@@ -1,7 +1,7 @@
 //! Progress lines: one log line every interval saying what the engine did in it (messages in,
 //! lines out, p99, connections, keys, the sink), in total and for any core far from the others.
 //!
-//! [`Progress::start`] runs a thread of its own that logs [`line`] of a [`Sampler`]'s samples
+//! [`Progress::start`] runs a thread of its own that logs [`line()`] of a [`Sampler`]'s samples
 //! with `tracing` (so `--log-format json` gives the figures as fields too).
 
 use std::sync::{Arc, Condvar, Mutex};
