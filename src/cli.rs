@@ -107,9 +107,17 @@ pub struct BenchArgs {
     /// Passes over the corpus at full speed.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Server cores (default: every online core).
+    /// Server cores (default: every server CPU).
     #[arg(long)]
     pub cores: Option<usize>,
+    /// CPUs for the server's cores, a list such as `1`, `2-5` or `0,3` (default: every CPU but
+    /// the first, which the clients get; on 1 CPU, that CPU).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<crate::placement::Cpus>,
+    /// CPUs for the bench's sender, receiver and probe threads (default: the CPUs the server
+    /// does not use, else every CPU).
+    #[arg(long, value_name = "LIST")]
+    pub client_cpus: Option<crate::placement::Cpus>,
     /// Sender connections.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
@@ -144,6 +152,8 @@ impl BenchArgs {
             messages: self.messages.max(1),
             repeat: self.repeat.max(1),
             cores: self.cores,
+            cpus: self.cpus.clone().map(|c| c.0),
+            client_cpus: self.client_cpus.clone().map(|c| c.0),
             connections: self.connections.max(1),
             rate: self.rate,
             duration: Duration::from_secs_f64(self.duration.max(0.1)),
@@ -185,9 +195,14 @@ pub struct ServeArgs {
     /// `HOST:PORT`.
     #[arg(long = "out", value_name = "HOST:PORT")]
     pub output: String,
-    /// Cores to run on, one pinned executor each (default: every online core).
+    /// Cores to run on, one pinned executor each (default: every online core, or every CPU of
+    /// --cpus).
     #[arg(long)]
     pub cores: Option<usize>,
+    /// CPUs to run on, one core pinned to each: a list such as `1`, `2-5` or `0,3` (default:
+    /// the first --cores CPUs this process may use).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<crate::placement::Cpus>,
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
     #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME,
           value_parser = size_parser(1, MAX_FRAME))]
@@ -249,6 +264,7 @@ impl ServeArgs {
             input: self.input,
             output: self.output,
             cores: self.cores,
+            cpus: self.cpus.map(|c| c.0),
             max_frame: self.max_frame,
             resilience_dir: self.resilience_dir,
             checkpoint_interval: self.checkpoint_interval,

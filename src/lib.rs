@@ -12,6 +12,8 @@ pub mod cli;
 pub mod corpus;
 pub mod demo;
 pub mod market_spread;
+pub mod metrics_table;
+pub mod placement;
 pub mod probes;
 pub mod receive;
 pub mod send;

@@ -58,6 +58,7 @@ mod memory;
 pub mod metrics;
 mod notify;
 pub mod pipeline;
+pub mod placement;
 mod read_step;
 pub mod routing;
 pub mod runtime;

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod bench_placement;
 mod engine_api;
 mod engine_general;
 mod hardening_checkpoints;

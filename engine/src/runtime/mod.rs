@@ -76,6 +76,7 @@ impl<const N: usize> IntoSources for [SourceConfig; N] {
 #[derive(Debug, Clone)]
 pub struct Engine {
     cores: Option<usize>,
+    cpus: Option<Vec<usize>>,
     ring_capacity: usize,
     sink_queue: usize,
     seed: Option<u64>,
@@ -91,6 +92,7 @@ impl Default for Engine {
     fn default() -> Self {
         Engine {
             cores: None,
+            cpus: None,
             ring_capacity: 32,
             sink_queue: 16,
             seed: None,
@@ -120,9 +122,21 @@ impl Engine {
         Self::default()
     }
 
-    /// Runs on `n` cores (pinned to the first `n` online CPUs).
+    /// Runs on `n` cores (pinned to the first `n` online CPUs, or of the [`Engine::cpus`]).
     pub fn cores(mut self, n: usize) -> Self {
         self.cores = Some(n);
+        self
+    }
+
+    /// Runs on these CPUs, one core pinned to each (all of them unless [`Engine::cores`] asks
+    /// for fewer), instead of the first online ones. They need not be CPUs the calling thread
+    /// may use, only CPUs the machine has online
+    /// ([`placement::system_cpus`](crate::placement::system_cpus)).
+    pub fn cpus(mut self, cpus: impl Into<Vec<usize>>) -> Self {
+        let mut cpus = cpus.into();
+        cpus.sort_unstable();
+        cpus.dedup();
+        self.cpus = Some(cpus);
         self
     }
 
@@ -240,7 +254,16 @@ impl Engine {
         sink: SinkConfig,
         checkpoints: Option<(Checkpoints, CkOps<A::Chain>)>,
     ) -> Result<Running, Error> {
-        let cpus = online_cpus();
+        let cpus = match &self.cpus {
+            None => online_cpus(),
+            Some(cpus) => {
+                let online = crate::placement::system_cpus();
+                if let Some(&cpu) = cpus.iter().find(|c| !online.contains(c)) {
+                    return Err(Error::CpuOffline { cpu, online });
+                }
+                cpus.clone()
+            }
+        };
         let n = self.cores.unwrap_or(cpus.len());
         if n == 0 {
             return Err(Error::NoCores);
