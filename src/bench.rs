@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use bettong_engine::{Engine, MemorySource, MetricsSnapshot, SinkConfig, SourceConfig};
 use hdrhistogram::Histogram;
 
-use crate::metrics_table::{per_core_table, snapshot_json};
+use crate::metrics_table::{per_core_table, snapshot_json, stage_rows, stage_table, StageRow};
 use crate::placement::Placement;
 use crate::probes::Probes;
 use crate::send::{run_send, SendOptions, SendSource};
@@ -135,6 +135,8 @@ pub struct Phase {
     pub probe_latency: Option<Percentiles>,
     /// The rate the sender was asked for (fixed-rate phase).
     pub target_rate: Option<u64>,
+    /// The engine's per-core stage latencies over the phase.
+    pub stages: Vec<StageRow>,
 }
 
 /// The shortest phase whose rates are given: the end of a phase is seen by polling (every
@@ -196,6 +198,7 @@ impl Phase {
             "target_rate": self.target_rate,
             "latency_us": self.engine_latency.json(),
             "probe_latency_us": self.probe_latency.map(|p| p.json()),
+            "stages": self.stages.iter().map(StageRow::json).collect::<Vec<_>>(),
         })
     }
 }
@@ -301,6 +304,10 @@ impl BenchReport {
                     .map(pct)
                     .unwrap_or_else(|| "-".into())
             );
+        }
+        for p in self.phases.iter().filter(|p| !p.stages.is_empty()) {
+            s += &format!("{}: where the engine's time went, per core\n", p.name);
+            s += &stage_table(&p.stages);
         }
         s += &format!(
             "state: {} distinct words, ~{:.0} bytes each\n",
@@ -413,6 +420,7 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
             engine_latency: Percentiles::of(&metrics.latency_histogram()),
             probe_latency: None,
             target_rate: None,
+            stages: stage_rows(&metrics),
         }],
         keys,
         bytes_per_key,
@@ -704,6 +712,7 @@ impl Loopback {
             engine_latency: Percentiles::of(&self.metrics.latency_histogram()),
             probe_latency: None,
             target_rate: None,
+            stages: stage_rows(&self.metrics),
         })
     }
 

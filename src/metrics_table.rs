@@ -1,8 +1,101 @@
 //! The benches' per-core metrics as people and programs read them: an aligned table (one row
-//! per counter, one column per core and the total) instead of a `key=value` wall, and JSON
-//! objects with every counter.
+//! per counter, one column per core and the total) instead of a `key=value` wall, JSON objects
+//! with every counter, and the per-core stage latencies (`bettong_engine::stage_latency`) as
+//! rows of percentiles.
 
-use bettong_engine::MetricsSnapshot;
+use bettong_engine::{Metrics, MetricsSnapshot};
+use hdrhistogram::Histogram;
+
+/// One stage's latency on one core, in microseconds (from nanosecond histograms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRow {
+    /// The stage (`arrival_to_decode`, …).
+    pub stage: &'static str,
+    /// The core.
+    pub core: usize,
+    /// Events recorded (reads, batches or chunks, as the stage counts them).
+    pub count: u64,
+    /// Median, µs.
+    pub p50: f64,
+    /// 99th percentile, µs.
+    pub p99: f64,
+    /// 99.9th percentile, µs.
+    pub p999: f64,
+    /// Largest, µs.
+    pub max: f64,
+}
+
+impl StageRow {
+    fn of(stage: &'static str, core: usize, h: &Histogram<u64>) -> StageRow {
+        let us = |ns: u64| ns as f64 / 1e3;
+        StageRow {
+            stage,
+            core,
+            count: h.len(),
+            p50: us(h.value_at_quantile(0.5)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+
+    /// The row as a JSON object.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stage": self.stage, "core": self.core, "count": self.count,
+            "p50_us": self.p50, "p99_us": self.p99, "p999_us": self.p999, "max_us": self.max,
+        })
+    }
+}
+
+/// Every stage of every core that recorded something, from the engine's live histograms.
+pub fn stage_rows(metrics: &Metrics) -> Vec<StageRow> {
+    metrics
+        .stage_histograms()
+        .into_iter()
+        .flat_map(|(stage, cores)| {
+            cores
+                .into_iter()
+                .enumerate()
+                .filter(|(_, h)| !h.is_empty())
+                .map(move |(core, h)| StageRow::of(stage, core, &h))
+        })
+        .collect()
+}
+
+/// The stage rows as an aligned table (µs).
+pub fn stage_table(rows: &[StageRow]) -> String {
+    let us = |v: f64| {
+        if v < 10.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    let mut cells = vec![[
+        "  stage (µs)",
+        "core",
+        "count",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in rows {
+        cells.push(vec![
+            format!("  {}", r.stage),
+            r.core.to_string(),
+            r.count.to_string(),
+            us(r.p50),
+            us(r.p99),
+            us(r.p999),
+            us(r.max),
+        ]);
+    }
+    align(&cells)
+}
 
 /// The table: counters as rows, cores and their total as columns. Counters that are zero on
 /// every core are left out and counted in a last line (`--json` has them all).

@@ -21,6 +21,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::stage_latency::{Stage, StageRecorder};
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// One core's live counters. Written only by that core; read by anyone.
@@ -264,6 +266,7 @@ pub struct CheckpointStats {
 pub struct Metrics {
     cores: Arc<[CoreMetrics]>,
     latency: Arc<[LatencyRecorder]>,
+    stages: Arc<[StageRecorder]>,
     checkpoints: Arc<CheckpointMetrics>,
 }
 
@@ -273,6 +276,10 @@ impl Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             latency: (0..cores).map(|_| LatencyRecorder::default()).collect(),
+            stages: {
+                let on = crate::stage_latency::enabled_from_env();
+                (0..cores).map(|_| StageRecorder::new(on)).collect()
+            },
             checkpoints: Arc::default(),
         }
     }
@@ -314,13 +321,33 @@ impl Metrics {
         all
     }
 
-    /// Clears every latency histogram (to measure one phase of a run).
+    /// Clears every latency histogram, the stages' included (to measure one phase of a run).
     pub fn reset_latency(&self) {
         for l in self.latency.iter() {
             if let Ok(mut h) = l.hist.lock() {
                 h.reset();
             }
         }
+        self.stages.iter().for_each(StageRecorder::reset);
+    }
+
+    /// Core `i`'s stage recorder.
+    pub(crate) fn stages(&self, i: usize) -> &StageRecorder {
+        &self.stages[i]
+    }
+
+    /// Every stage of the data path ([`Stage::ALL`] order) with each core's histogram of it,
+    /// by core index, in **nanoseconds** (see [`stage_latency`](crate::stage_latency)).
+    pub fn stage_histograms(&self) -> Vec<(&'static str, Vec<Histogram<u64>>)> {
+        Stage::ALL
+            .iter()
+            .map(|&s| {
+                (
+                    s.name(),
+                    self.stages.iter().map(|r| r.histogram(s)).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Core `i`'s counters.

@@ -34,6 +34,7 @@ use crate::pipeline::App;
 use crate::routing::{AnyBatch, Envelope, Router};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkPort;
+use crate::stage_latency::Stage;
 
 /// What one call to [`Worker::ingest`] saw, for the caller's logs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,6 +77,9 @@ pub(crate) struct Worker<A: App> {
     pub metrics: Metrics,
     pub shutdown: Shutdown,
     last_reject_log: Cell<Option<Instant>>,
+    /// When the bytes the running read step decodes were seen by the core (set by the TCP
+    /// source; see [`Worker::note_arrival`]).
+    arrival: Cell<Option<Instant>>,
     /// This core's part in checkpoints, when the engine checkpoints.
     pub(crate) ck: Option<Participant<A>>,
 }
@@ -109,6 +113,7 @@ impl<A: App> Worker<A> {
             metrics,
             shutdown,
             last_reject_log: Cell::new(None),
+            arrival: Cell::new(None),
             ck: None,
         }
     }
@@ -201,8 +206,16 @@ impl<A: App> Worker<A> {
         let keys_rejected = keys_rejected + cx.keys_rejected;
         let produced = out.len() - out_before;
         drop(out);
+        let done = Instant::now();
         if outputs > 0 {
-            self.sink.note_arrival(now);
+            self.sink.note_arrival(now, done);
+        }
+        let stages = self.metrics.stages(self.index);
+        if let Some(arrived) = self.arrival.take() {
+            stages.record(Stage::ArrivalToDecode, arrived, now);
+        }
+        if local > 0 {
+            stages.record(Stage::DecodeToApplyLocal, now, done);
         }
         if let Some(ck) = &self.ck {
             ck.add_produced(produced);
@@ -221,6 +234,13 @@ impl<A: App> Worker<A> {
             self.note_keys(&chain);
         }
         (r, seen)
+    }
+
+    /// The bytes the running [`Worker::ingest`] decodes were seen by the core at `at` (a
+    /// receive's completion): times the arrival → decode stage. Called by a source from inside
+    /// `ingest`'s `produce`, so that it never outlives the read it describes.
+    pub(crate) fn note_arrival(&self, at: Option<Instant>) {
+        self.arrival.set(at);
     }
 
     /// True when a rejected-frame warning may be logged now: at most one per second per core,
@@ -409,6 +429,11 @@ impl<A: App> Worker<A> {
         len: usize,
         born: Option<Instant>,
     ) {
+        if let Some(born) = born {
+            self.metrics
+                .stages(self.index)
+                .record_since(Stage::DecodeToApplyCrossed, born);
+        }
         if let Some(ck) = &self.ck {
             ck.on_batch(peer, stage, &*records, &self.chain.borrow());
         }
@@ -440,7 +465,8 @@ impl<A: App> Worker<A> {
             ck.add_produced(produced);
         }
         if outputs > 0 {
-            self.sink.note_arrival(born.unwrap_or_else(Instant::now));
+            let done = Instant::now();
+            self.sink.note_arrival(born.unwrap_or(done), done);
         }
         let m = self.core_metrics();
         CoreMetrics::add(&m.records_applied, applied);

@@ -129,6 +129,20 @@ fn the_loopback_bench_places_its_clients_apart_and_its_figures_add_up() {
     // The paced messages (1500) and the probes, each with its output.
     assert_eq!(rated.messages, 1_500 + probes, "{table}");
     assert_eq!(rated.words, rated.lines, "{table}");
+    // The stages of the fixed-rate phase, on the server's cores, beside the probe latency.
+    for stage in [
+        "arrival_to_decode",
+        "decode_to_apply_local",
+        "apply_to_sink_buffer",
+        "sink_buffer_to_write",
+    ] {
+        assert!(
+            rated.stages.iter().any(|s| s.stage == stage && s.count > 0),
+            "{stage} missing:\n{table}"
+        );
+        assert!(table.contains(&format!("  {stage} ")), "{table}");
+    }
+    assert!(rated.stages.iter().all(|s| s.core < r.server_cpus.len()));
 
     // Per-core counters: a table in the text, every counter in the JSON.
     assert!(
@@ -166,4 +180,13 @@ fn explicit_shared_placement_is_said_and_kept() {
     assert_eq!(r.per_core.len(), all.len());
     assert_eq!(r.phases.len(), 1);
     assert_eq!(r.json()["placement"], "shared");
+    if all.len() >= 2 {
+        // Two cores: words cross between them, and that stage is timed.
+        let crossed = r.phases[0]
+            .stages
+            .iter()
+            .filter(|s| s.stage == "decode_to_apply_crossed")
+            .count();
+        assert!(crossed > 0, "{}", r.table());
+    }
 }

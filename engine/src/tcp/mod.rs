@@ -242,6 +242,11 @@ pub(crate) trait Connection {
     /// Hands the frames received so far to `on_frame` (about one read buffer's worth at most).
     /// `Err` when the connection ended (the frames before the end have been handed over).
     fn decode(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<(), Ended>;
+    /// When the core saw the oldest bytes the next [`Connection::decode`] hands over (a
+    /// receive's completion), for the arrival → decode stage; None when unknown.
+    fn arrived(&self) -> Option<Instant> {
+        None
+    }
     /// The core is stopping: ask the socket for no more bytes.
     fn stop(&mut self);
     /// After [`Connection::stop`]: waits for what the socket had already received; false once
@@ -591,6 +596,7 @@ async fn read_connection<A: App, C: Connection>(
         // Decode only while the sink can take more: a stalled sink stops the reading here.
         let mut completed = false;
         let step = read_step(worker, source, &peer, |on_frame| {
+            worker.note_arrival(conn.arrived());
             conn.decode(&mut |frame| {
                 completed = true;
                 on_frame(frame)

@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -54,6 +55,7 @@ impl Accept for RecvAccept {
             decoder: self.decoder,
             read_buffer: self.read_buffer,
             undecoded: false,
+            arrived: None,
         };
         Ok((conn, peer))
     }
@@ -70,6 +72,8 @@ pub(super) struct RecvConn {
     read_buffer: usize,
     /// Bytes were read that `decode` has not seen yet.
     undecoded: bool,
+    /// When the oldest read not yet decoded returned.
+    arrived: Option<Instant>,
 }
 
 impl Connection for RecvConn {
@@ -100,14 +104,20 @@ impl Connection for RecvConn {
             Ok(n) => {
                 rb.filled_by(n);
                 self.undecoded = true;
+                self.arrived.get_or_insert_with(Instant::now);
                 Ok(())
             }
             Err(e) => Err(Ended::Failed(e)),
         }
     }
 
+    fn arrived(&self) -> Option<Instant> {
+        self.arrived
+    }
+
     fn decode(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<(), Ended> {
         self.undecoded = false;
+        self.arrived = None;
         match &mut self.rb {
             Some(rb) => match rb.drain_frames(&self.decoder, on_frame) {
                 Ok(_) => Ok(()),

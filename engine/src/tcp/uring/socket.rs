@@ -254,6 +254,10 @@ impl Connection for UringConn {
         Ok(())
     }
 
+    fn arrived(&self) -> Option<Instant> {
+        self.recv.as_ref().and_then(Op::first_at)
+    }
+
     fn stop(&mut self) {
         self.stopping = true;
         if let Some(op) = &self.recv {
