@@ -56,6 +56,9 @@ pub struct BenchOptions {
     pub rate: Option<u64>,
     /// Length of the fixed-rate phase.
     pub duration: Duration,
+    /// Instead of one fixed-rate phase, one at each of [`crate::sweep::SWEEP_FRACTIONS`] of
+    /// the full-speed rate (`--sweep`).
+    pub sweep: bool,
 }
 
 impl Default for BenchOptions {
@@ -71,6 +74,7 @@ impl Default for BenchOptions {
             connections: 2,
             rate: None,
             duration: Duration::from_secs(3),
+            sweep: false,
         }
     }
 }
@@ -572,7 +576,13 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
             0
         }
     };
-    if rate > 0 {
+    if opts.sweep && phases[0].measurable() {
+        let max = phases[0].msgs_per_sec();
+        for f in crate::sweep::SWEEP_FRACTIONS {
+            let rate = ((max * f) as u64).max(1);
+            phases.push(bench.fixed_rate(&corpus, opts, rate)?);
+        }
+    } else if rate > 0 {
         phases.push(bench.fixed_rate(&corpus, opts, rate)?);
     }
     let report = bench.finish()?;

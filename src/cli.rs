@@ -131,6 +131,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The latency-throughput curve: after full speed, a fixed-rate phase (of --duration) at
+    /// each of 10 %, 20 %, ... 100 % of the rate reached; writes --sweep-out's CSV and SVG plot.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Where --sweep writes: PREFIX.csv and PREFIX.svg.
+    #[arg(long, value_name = "PREFIX", default_value = "bench-sweep")]
+    pub sweep_out: PathBuf,
     /// Market Spread: orders generated (sent --repeat times at full speed) [default: 1000000].
     #[arg(long, value_name = "N")]
     pub orders: Option<u64>,
@@ -157,6 +164,7 @@ impl BenchArgs {
             connections: self.connections.max(1),
             rate: self.rate,
             duration: Duration::from_secs_f64(self.duration.max(0.1)),
+            sweep: self.sweep,
         }
     }
 
@@ -169,6 +177,9 @@ impl BenchArgs {
             anyhow::bail!(
                 "bench --app market-spread generates its input: --framed-file is for word-count"
             );
+        }
+        if self.sweep {
+            anyhow::bail!("bench --sweep measures word count; drop --app market-spread");
         }
         let defaults = crate::market_spread::bench::MarketBenchOptions::default().gen;
         Ok(crate::market_spread::bench::MarketBenchOptions {

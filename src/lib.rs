@@ -19,6 +19,7 @@ pub mod receive;
 pub mod send;
 pub mod serve;
 pub mod split;
+pub mod sweep;
 pub mod synth;
 pub mod validate;
 

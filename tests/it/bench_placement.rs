@@ -27,6 +27,13 @@ fn cpu_lists_parse_on_serve_and_bench_and_bad_ones_are_refused() {
     assert_eq!(o.client_cpus, Some(vec![0, 1]));
     let o = bench_args(&[]).to_options();
     assert_eq!((o.cpus, o.client_cpus), (None, None));
+    assert!(!o.sweep);
+    let b = bench_args(&["--sweep", "--sweep-out", "docs/x"]);
+    assert!(b.to_options().sweep);
+    assert_eq!(b.sweep_out, std::path::PathBuf::from("docs/x"));
+    assert!(bench_args(&["--sweep", "--app", "market-spread"])
+        .to_market_options()
+        .is_err());
     let cli = Cli::try_parse_from([
         "bettong", "serve", "--in", "a:1", "--out", "b:2", "--cpus", "1",
     ])
