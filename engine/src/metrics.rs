@@ -106,8 +106,10 @@ const fn ends_with(s: &[u8], suffix: &[u8]) -> bool {
 }
 
 counters! {
-    /// Connections accepted by this core's listener.
+    /// Connections this core reads: accepted by its listener, or handed over by another core.
     connections_accepted,
+    /// Connections this core's listener accepted and handed to a core with fewer open.
+    connections_handed_off,
     /// Connections closed because a frame header exceeded the maximum frame size.
     connections_oversized,
     /// Connections that ended inside a frame (the partial frame was dropped).

@@ -35,6 +35,7 @@ use crate::routing::{AnyBatch, Envelope, Router};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkPort;
 use crate::stage_latency::Stage;
+use crate::tcp::balance::{Handoff, Inbox};
 
 /// What one call to [`Worker::ingest`] saw, for the caller's logs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,6 +81,8 @@ pub(crate) struct Worker<A: App> {
     /// When the bytes the running read step decodes were seen by the core (set by the TCP
     /// source; see [`Worker::note_arrival`]).
     arrival: Cell<Option<Instant>>,
+    /// Connections other cores handed to this one (`tcp/balance.rs`).
+    pub(crate) inbox: Inbox,
     /// This core's part in checkpoints, when the engine checkpoints.
     pub(crate) ck: Option<Participant<A>>,
 }
@@ -114,6 +117,7 @@ impl<A: App> Worker<A> {
             shutdown,
             last_reject_log: Cell::new(None),
             arrival: Cell::new(None),
+            inbox: Inbox::default(),
             ck: None,
         }
     }
@@ -398,6 +402,23 @@ impl<A: App> Worker<A> {
         }
     }
 
+    /// Hands an accepted connection to core `dest`, unless its ring is full or closed (the
+    /// connection is then given back).
+    pub(crate) fn hand_off(&self, dest: usize, h: Handoff) -> Result<(), Handoff> {
+        match self.senders.try_send_to(dest, Envelope::Connection(h)) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(Envelope::Connection(h)))) => Err(h),
+            Err(GlommioError::Closed(ResourceType::Channel(Envelope::Connection(h)))) => Err(h),
+            Err(e) => {
+                tracing::warn!(
+                    core = self.index,
+                    "cannot hand a connection to core {dest}: {e}; it is closed"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Sends one message to `dest`, waiting while its ring is full.
     pub(crate) async fn send(&self, dest: usize, msg: Envelope) {
         let m = self.core_metrics();
@@ -540,6 +561,7 @@ pub(crate) async fn drain_peer<A: App>(
                 worker.sink.flush().await;
                 glommio::executor().yield_now().await;
             }
+            Ok(Some(Envelope::Connection(h))) => worker.inbox.push(h),
             Ok(Some(Envelope::Barrier(id))) => {
                 if let Some(ck) = &worker.ck {
                     ck.on_barrier(&worker, peer, id);

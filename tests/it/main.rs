@@ -7,6 +7,7 @@ mod support;
 
 mod bench_placement;
 mod engine_api;
+mod engine_balance;
 mod engine_general;
 mod engine_stages;
 mod hardening_checkpoints;

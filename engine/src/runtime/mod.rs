@@ -26,6 +26,7 @@ use crate::routing::{Envelope, Router, DEFAULT_MAX_KEY_BYTES};
 use crate::shutdown::StopHandle;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
+use crate::tcp::balance::OpenCounts;
 use crate::Error;
 
 /// The sources of a run: one [`SourceConfig`], or one per source of a merged pipeline (in
@@ -378,6 +379,10 @@ impl Engine {
         drop(chain);
         let file_plan = file_plan.map(Arc::new);
         let mesh = FullMesh::<Envelope>::full(n, self.ring_capacity);
+        let balance: Vec<Option<Arc<OpenCounts>>> = sources
+            .iter()
+            .map(|s| matches!(s, SourceConfig::Tcp(_)).then(|| Arc::new(OpenCounts::new(n))))
+            .collect();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(n);
         for (i, &cpu) in cpus.iter().take(n).enumerate() {
@@ -394,6 +399,7 @@ impl Engine {
                 cores: n,
                 ck: ck_setup.clone(),
                 file: file_plan.clone(),
+                balance: balance.clone(),
             };
             let mut builder =
                 LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("bettong-{i}"));
