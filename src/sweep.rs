@@ -1,7 +1,7 @@
 //! `bettong bench --sweep`: the latency–throughput curve. The bench measures the maximum rate at
 //! full speed, then runs one fixed-rate phase (with probes) at each of 10 %, 20 %, … 100 % of
 //! it ([`SWEEP_FRACTIONS`]); this module writes those phases as a CSV and plots their probe
-//! latency (p50, p99, p99.9) and the engine's p99 against the rate reached, as an SVG.
+//! latency (p50, p99, p99.9) and the engine's p99 against the rate, as an SVG.
 
 use std::path::{Path, PathBuf};
 
@@ -59,16 +59,22 @@ pub fn csv(report: &BenchReport) -> String {
     out
 }
 
-/// Plots the sweep into an SVG at `path`: latency (µs, log scale) against msgs/s reached.
+/// True when a fixed-rate phase reached at least 90 % of the rate asked for: beyond that the
+/// server (or the client) did not keep up, and its latency is a queue's, not a rate's.
+pub fn sustained(p: &Phase) -> bool {
+    p.measurable() && p.msgs_per_sec() >= 0.9 * p.target_rate.unwrap_or(0) as f64
+}
+
+/// Plots the sweep into an SVG at `path`: latency (µs, log scale) against the rate asked for,
+/// for the rates that were [`sustained`] (the caption counts the others).
 pub fn plot(report: &BenchReport, path: &Path) -> Result<()> {
-    let phases: Vec<&Phase> = rated(report)
-        .into_iter()
-        .filter(|p| p.measurable())
-        .collect();
+    let all = rated(report);
+    let phases: Vec<&Phase> = all.iter().copied().filter(|p| sustained(p)).collect();
+    let dropped = all.len() - phases.len();
     let point = |f: fn(&Phase) -> u64| -> Vec<(f64, f64)> {
         phases
             .iter()
-            .map(|p| (p.msgs_per_sec(), f(p).max(1) as f64))
+            .map(|p| (p.target_rate.unwrap_or(0) as f64, f(p).max(1) as f64))
             .collect()
     };
     let series: [Series; 4] = [
@@ -100,8 +106,15 @@ pub fn plot(report: &BenchReport, path: &Path) -> Result<()> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("bettong bench --sweep: {}", report.clients),
-                ("sans-serif", 14),
+                format!(
+                    "{}{}",
+                    report.clients,
+                    match dropped {
+                        0 => String::new(),
+                        n => format!("; {n} rate(s) not sustained, left out"),
+                    }
+                ),
+                ("sans-serif", 13),
             )
             .margin(12)
             .x_label_area_size(40)
@@ -109,9 +122,14 @@ pub fn plot(report: &BenchReport, path: &Path) -> Result<()> {
             .build_cartesian_2d(0f64..x_max, (1f64..y_max).log_scale())?;
         chart
             .configure_mesh()
-            .x_desc("messages/s reached")
-            .y_desc("latency (µs)")
+            .x_desc("messages/s asked for (fixed-rate phase with a probe every ms)")
+            .y_desc("latency")
             .x_label_formatter(&|x| format!("{:.0}k", x / 1e3))
+            .y_label_formatter(&|y| match *y {
+                y if y >= 1e6 => format!("{:.0} s", y / 1e6),
+                y if y >= 1e3 => format!("{:.0} ms", y / 1e3),
+                y => format!("{y:.0} µs"),
+            })
             .draw()?;
         for (name, points, color) in &series {
             let color = *color;
@@ -201,6 +219,14 @@ mod tests {
         assert!(rows.iter().all(|r| r.len() == width), "{text}");
         assert_eq!(rows[1][..5], ["100000", "100000", "900", "20", "40"]);
         assert_eq!(rows[2][0], "200000");
+    }
+
+    #[test]
+    fn only_rates_reached_count_as_sustained() {
+        assert!(sustained(&phase(100_000, 40)));
+        let mut slow = phase(100_000, 40);
+        slow.messages = 50_000;
+        assert!(!sustained(&slow));
     }
 
     #[test]

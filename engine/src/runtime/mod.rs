@@ -98,9 +98,20 @@ impl Default for Engine {
             sink_queue: 16,
             seed: None,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
-            spin_before_park: None,
+            spin_before_park: spin_from_env(),
         }
     }
+}
+
+/// `BETTONG_SPIN_BEFORE_PARK_US=N`: the default [`Engine::spin_before_park`], for measuring
+/// the cost of parking an idle executor (a knob of tuning.md); unset or 0: no spinning.
+fn spin_from_env() -> Option<Duration> {
+    let us: u64 = std::env::var("BETTONG_SPIN_BEFORE_PARK_US")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (us > 0).then(|| Duration::from_micros(us.min(1_000_000)))
 }
 
 /// The CPUs this process may run on, in order.
