@@ -141,6 +141,8 @@ pub struct Phase {
     pub target_rate: Option<u64>,
     /// The engine's per-core stage latencies over the phase.
     pub stages: Vec<StageRow>,
+    /// CPU time the engine's threads used over the phase (from `/proc`, 10 ms resolution).
+    pub engine_cpu: Option<Duration>,
 }
 
 /// The shortest phase whose rates are given: the end of a phase is seen by polling (every
@@ -156,6 +158,12 @@ impl Phase {
 
     fn per_sec(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The engine's CPU time per message taken in, µs.
+    pub fn cpu_us_per_msg(&self) -> Option<f64> {
+        let cpu = self.engine_cpu?;
+        (self.messages > 0).then(|| cpu.as_secs_f64() * 1e6 / self.messages as f64)
     }
 
     /// Why the phase has no rates, if it has none.
@@ -200,6 +208,8 @@ impl Phase {
             "lines_per_sec": rate(self.lines_per_sec()),
             "mb_per_sec_out": rate(self.mb_per_sec_out()),
             "target_rate": self.target_rate,
+            "engine_cpu_seconds": self.engine_cpu.map(|d| d.as_secs_f64()),
+            "engine_cpu_us_per_msg": self.cpu_us_per_msg(),
             "latency_us": self.engine_latency.json(),
             "probe_latency_us": self.probe_latency.map(|p| p.json()),
             "stages": self.stages.iter().map(StageRow::json).collect::<Vec<_>>(),
@@ -269,12 +279,13 @@ impl BenchReport {
             self.mode, self.clients, self.corpus
         );
         s += &format!(
-            "{:<22} {:>10} {:>11} {:>11} {:>9} | {:>26} | {:>26}\n",
+            "{:<22} {:>10} {:>11} {:>11} {:>9} {:>7} | {:>26} | {:>26}\n",
             "phase",
             "msgs/s",
             "words/s",
             "lines/s",
             "MB/s out",
+            "CPU/msg",
             "engine µs p50/p90/p99/p99.9/max",
             "probe µs p50/p90/p99/p99.9/max"
         );
@@ -299,8 +310,11 @@ impl BenchReport {
                 );
                 format!("{short:<44}")
             };
+            let cpu = p
+                .cpu_us_per_msg()
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}µs"));
             s += &format!(
-                "{:<22} {rates} | {:>26} | {:>26}\n",
+                "{:<22} {rates} {cpu:>7} | {:>26} | {:>26}\n",
                 name,
                 pct(&p.engine_latency),
                 p.probe_latency
@@ -425,6 +439,7 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
             probe_latency: None,
             target_rate: None,
             stages: stage_rows(&metrics),
+            engine_cpu: None,
         }],
         keys,
         bytes_per_key,
@@ -693,6 +708,7 @@ impl Loopback {
         let lines_before = self.sink.lines.load(Relaxed);
         let bytes_before = self.sink.bytes.load(Relaxed);
         self.metrics.reset_latency();
+        let cpu_before = crate::thread_cpu::engine_cpu();
         let start = Instant::now();
         let (sent, probes_sent) = send()?;
         let words = settle(
@@ -703,6 +719,9 @@ impl Loopback {
             sent + probes_sent,
         )?;
         let elapsed = start.elapsed();
+        let engine_cpu = crate::thread_cpu::engine_cpu()
+            .zip(cpu_before)
+            .map(|(a, b)| a.saturating_sub(b));
         let after = self.metrics.total();
         let probe = self.probes.percentiles();
         if probes_sent > 0 && probe.count + 10 < probes_sent {
@@ -723,6 +742,7 @@ impl Loopback {
             probe_latency: None,
             target_rate: None,
             stages: stage_rows(&self.metrics),
+            engine_cpu,
         })
     }
 

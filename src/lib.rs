@@ -21,6 +21,7 @@ pub mod serve;
 pub mod split;
 pub mod sweep;
 pub mod synth;
+pub mod thread_cpu;
 pub mod validate;
 
 /// The code blocks of README.md, compiled and run as doctests so the README cannot rot.
