@@ -16,6 +16,7 @@ fn balanced_on(io: IoBackend) {
     cfg.io = io;
     let running = Engine::new()
         .cores(2)
+        .balance_connections(true)
         .start(
             bettong::app::word_count(),
             SourceConfig::Tcp(cfg),

@@ -83,6 +83,7 @@ pub struct Engine {
     seed: Option<u64>,
     max_key_bytes: usize,
     spin_before_park: Option<Duration>,
+    balance_connections: bool,
 }
 
 /// The hash seed every engine used before seeds were random and recorded in checkpoints: a
@@ -99,6 +100,7 @@ impl Default for Engine {
             seed: None,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             spin_before_park: spin_from_env(),
+            balance_connections: std::env::var("BETTONG_BALANCE").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -186,6 +188,16 @@ impl Engine {
     /// How long an idle executor spins before it parks (glommio's `spin_before_park`).
     pub fn spin_before_park(mut self, d: Duration) -> Self {
         self.spin_before_park = Some(d);
+        self
+    }
+
+    /// Hands each accepted TCP connection to the core with the fewest open, when it has fewer
+    /// than the core that accepted it (`tcp/balance.rs`). Off by default (`BETTONG_BALANCE=1`
+    /// turns it on): with hundreds of connections opened at once, some handed-over connections
+    /// were not read again after their first read in `hardening_partial_frames`, a bug not yet
+    /// found.
+    pub fn balance_connections(mut self, on: bool) -> Self {
+        self.balance_connections = on;
         self
     }
 
@@ -392,7 +404,10 @@ impl Engine {
         let mesh = FullMesh::<Envelope>::full(n, self.ring_capacity);
         let balance: Vec<Option<Arc<OpenCounts>>> = sources
             .iter()
-            .map(|s| matches!(s, SourceConfig::Tcp(_)).then(|| Arc::new(OpenCounts::new(n))))
+            .map(|s| {
+                (self.balance_connections && matches!(s, SourceConfig::Tcp(_)))
+                    .then(|| Arc::new(OpenCounts::new(n)))
+            })
             .collect();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(n);
