@@ -193,9 +193,8 @@ impl Engine {
 
     /// Hands each accepted TCP connection to the core with the fewest open, when it has fewer
     /// than the core that accepted it (`tcp/balance.rs`). Off by default (`BETTONG_BALANCE=1`
-    /// turns it on): with it on, `hardening_partial_frames` (300 connections opened at once,
-    /// then trickling) fails now and then, handed-over connections closed by the idle rule
-    /// after their first read; the cause is not yet found.
+    /// turns it on) until `hardening_partial_frames` is shown to pass with it on a quiet
+    /// machine (see README, "Connections balanced over the cores").
     pub fn balance_connections(mut self, on: bool) -> Self {
         self.balance_connections = on;
         self
