@@ -347,10 +347,11 @@ fn placement_kind(server: &[usize], clients: &[usize]) -> &'static str {
 }
 
 /// Where a loopback bench puts the server and its clients, from `--cpus`, `--client-cpus` and
-/// `--cores` (see [`Placement::choose`]).
+/// `--cores` (see [`Placement::choose`]), among the CPUs this process may use (a container's
+/// cpuset, `taskset`), so that the clients can be pinned where the default puts them.
 pub fn placement(opts: &BenchOptions) -> Result<Placement> {
     Placement::choose(
-        &bettong_engine::placement::system_cpus(),
+        &bettong_engine::online_cpus(),
         opts.cpus.as_deref(),
         opts.client_cpus.as_deref(),
         opts.cores,

@@ -101,7 +101,7 @@ fn tiny() -> BenchOptions {
 
 #[test]
 fn the_loopback_bench_places_its_clients_apart_and_its_figures_add_up() {
-    let cpus = system_cpus();
+    let cpus = bettong_engine::online_cpus();
     let r = run_bench(&tiny()).unwrap();
     // The default: clients on the first CPU, the server on the others (1 CPU: shared).
     if cpus.len() >= 2 {
@@ -173,7 +173,7 @@ fn the_loopback_bench_places_its_clients_apart_and_its_figures_add_up() {
 
 #[test]
 fn explicit_shared_placement_is_said_and_kept() {
-    let cpus = system_cpus();
+    let cpus = bettong_engine::online_cpus();
     let all = cpus.clone();
     let r = run_bench(&BenchOptions {
         cpus: Some(all.clone()),
