@@ -1,9 +1,13 @@
 //! `bettong bench`: one command that measures the word-count server.
 //!
 //! Over loopback it starts a receiver (a lean sink that counts lines and times probes), the
-//! server and the sender in this process, says which CPUs each runs on, and runs two phases:
-//! - **full speed**: the corpus is sent as fast as the server takes it; throughput is measured
-//!   from the first byte sent to the last output line received;
+//! server and the sender in this process, places them (by default the server on every CPU but
+//! the first and the clients on the first: `placement.rs`), says where each runs, and runs two
+//! phases:
+//! - **full speed**: the corpus is sent as fast as the server takes it; messages, words and
+//!   lines per second are all counted over one window, from the first byte sent to the last
+//!   output line received, and only once every message's output has arrived; a window too
+//!   short to time says so instead of giving a figure;
 //! - **fixed rate** (below saturation, so that coordinated omission cannot hide latency): the
 //!   sender is paced, and a probe connection sends a message holding one unique word every
 //!   millisecond; the receiver matches each probe's output line, which gives end-to-end latency
@@ -23,6 +27,8 @@ use anyhow::{bail, Context, Result};
 use bettong_engine::{Engine, MemorySource, MetricsSnapshot, SinkConfig, SourceConfig};
 use hdrhistogram::Histogram;
 
+use crate::metrics_table::{per_core_table, snapshot_json, stage_rows, stage_table, StageRow};
+use crate::placement::Placement;
 use crate::probes::Probes;
 use crate::send::{run_send, SendOptions, SendSource};
 use crate::serve::{start_server, ServeOptions};
@@ -38,14 +44,21 @@ pub struct BenchOptions {
     pub messages: usize,
     /// Passes over the corpus in the full-speed phase.
     pub repeat: usize,
-    /// Server cores (default: every online core).
+    /// Server cores (default: every server CPU).
     pub cores: Option<usize>,
+    /// The server's CPUs (`--cpus`; default: see [`Placement::choose`]).
+    pub cpus: Option<Vec<usize>>,
+    /// The client threads' CPUs (`--client-cpus`; default: see [`Placement::choose`]).
+    pub client_cpus: Option<Vec<usize>>,
     /// Sender connections.
     pub connections: usize,
     /// Messages/s of the fixed-rate phase; None: half the full-speed rate; Some(0): skip it.
     pub rate: Option<u64>,
     /// Length of the fixed-rate phase.
     pub duration: Duration,
+    /// Instead of one fixed-rate phase, one at each of [`crate::sweep::SWEEP_FRACTIONS`] of
+    /// the full-speed rate (`--sweep`).
+    pub sweep: bool,
 }
 
 impl Default for BenchOptions {
@@ -56,9 +69,12 @@ impl Default for BenchOptions {
             messages: 200_000,
             repeat: 3,
             cores: None,
+            cpus: None,
+            client_cpus: None,
             connections: 2,
             rate: None,
             duration: Duration::from_secs(3),
+            sweep: false,
         }
     }
 }
@@ -123,11 +139,42 @@ pub struct Phase {
     pub probe_latency: Option<Percentiles>,
     /// The rate the sender was asked for (fixed-rate phase).
     pub target_rate: Option<u64>,
+    /// The engine's per-core stage latencies over the phase.
+    pub stages: Vec<StageRow>,
+    /// CPU time the engine's threads used over the phase (from `/proc`, 10 ms resolution).
+    pub engine_cpu: Option<Duration>,
 }
 
+/// The shortest phase whose rates are given: the end of a phase is seen by polling (every
+/// 200 µs) and its start includes connecting, so below this the error passes a few percent.
+pub const MIN_WINDOW: Duration = Duration::from_millis(250);
+
 impl Phase {
+    /// False when the phase was too short to time ([`MIN_WINDOW`]): its rates are then not
+    /// figures, and the table and JSON say so.
+    pub fn measurable(&self) -> bool {
+        self.elapsed >= MIN_WINDOW
+    }
+
     fn per_sec(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The engine's CPU time per message taken in, µs.
+    pub fn cpu_us_per_msg(&self) -> Option<f64> {
+        let cpu = self.engine_cpu?;
+        (self.messages > 0).then(|| cpu.as_secs_f64() * 1e6 / self.messages as f64)
+    }
+
+    /// Why the phase has no rates, if it has none.
+    pub fn too_short(&self) -> Option<String> {
+        (!self.measurable()).then(|| {
+            format!(
+                "too short to time: {:.0} ms, under {} ms; send more (--repeat, --messages,                  --duration)",
+                self.elapsed.as_secs_f64() * 1e3,
+                MIN_WINDOW.as_millis()
+            )
+        })
     }
 
     /// Messages per second.
@@ -151,15 +198,21 @@ impl Phase {
     }
 
     fn json(&self) -> serde_json::Value {
+        let rate = |r: f64| self.measurable().then_some(r);
         serde_json::json!({
             "name": self.name,
             "messages": self.messages, "words": self.words, "lines": self.lines,
             "bytes_out": self.bytes_out, "seconds": self.elapsed.as_secs_f64(),
-            "msgs_per_sec": self.msgs_per_sec(), "words_per_sec": self.words_per_sec(),
-            "lines_per_sec": self.lines_per_sec(), "mb_per_sec_out": self.mb_per_sec_out(),
+            "too_short": self.too_short(),
+            "msgs_per_sec": rate(self.msgs_per_sec()), "words_per_sec": rate(self.words_per_sec()),
+            "lines_per_sec": rate(self.lines_per_sec()),
+            "mb_per_sec_out": rate(self.mb_per_sec_out()),
             "target_rate": self.target_rate,
+            "engine_cpu_seconds": self.engine_cpu.map(|d| d.as_secs_f64()),
+            "engine_cpu_us_per_msg": self.cpu_us_per_msg(),
             "latency_us": self.engine_latency.json(),
             "probe_latency_us": self.probe_latency.map(|p| p.json()),
+            "stages": self.stages.iter().map(StageRow::json).collect::<Vec<_>>(),
         })
     }
 }
@@ -171,6 +224,8 @@ pub struct BenchReport {
     pub mode: String,
     /// The CPUs the server's cores are pinned to.
     pub server_cpus: Vec<usize>,
+    /// The CPUs the client threads may run on (empty in-process).
+    pub client_cpus: Vec<usize>,
     /// Where the sender and receiver run.
     pub clients: String,
     /// The corpus used.
@@ -181,8 +236,8 @@ pub struct BenchReport {
     pub keys: u64,
     /// Approximate bytes of state per distinct word.
     pub bytes_per_key: f64,
-    /// Each server core's final counters (`name=value …`), by core index.
-    pub per_core: Vec<String>,
+    /// Each server core's final counters, by core index.
+    pub per_core: Vec<MetricsSnapshot>,
 }
 
 impl BenchReport {
@@ -195,20 +250,23 @@ impl BenchReport {
             .iter()
             .find(|p| p.target_rate.is_some())
             .unwrap_or(&first);
+        let rate = |r: f64| first.measurable().then_some(r);
         serde_json::json!({
             "mode": self.mode,
             "server_cpus": self.server_cpus,
+            "client_cpus": self.client_cpus,
+            "placement": placement_kind(&self.server_cpus, &self.client_cpus),
             "clients": self.clients,
             "corpus": self.corpus,
-            "words_per_sec": first.words_per_sec(),
-            "msgs_per_sec": first.msgs_per_sec(),
-            "lines_per_sec": first.lines_per_sec(),
-            "mb_per_sec_out": first.mb_per_sec_out(),
+            "words_per_sec": rate(first.words_per_sec()),
+            "msgs_per_sec": rate(first.msgs_per_sec()),
+            "lines_per_sec": rate(first.lines_per_sec()),
+            "mb_per_sec_out": rate(first.mb_per_sec_out()),
             "latency_us": lat.probe_latency.unwrap_or(lat.engine_latency).json(),
             "engine_latency_us": lat.engine_latency.json(),
             "keys": self.keys,
             "bytes_per_key": self.bytes_per_key,
-            "per_core": self.per_core,
+            "per_core": self.per_core.iter().map(snapshot_json).collect::<Vec<_>>(),
             "phases": self.phases.iter().map(Phase::json).collect::<Vec<_>>(),
         })
     }
@@ -217,16 +275,17 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         s += &format!(
-            "bettong bench ({}): server on CPUs {:?}; {}\ncorpus: {}\n",
-            self.mode, self.server_cpus, self.clients, self.corpus
+            "bettong bench ({}): {}\ncorpus: {}\n",
+            self.mode, self.clients, self.corpus
         );
         s += &format!(
-            "{:<12} {:>10} {:>11} {:>11} {:>9} | {:>26} | {:>26}\n",
+            "{:<22} {:>10} {:>11} {:>11} {:>9} {:>7} | {:>26} | {:>26}\n",
             "phase",
             "msgs/s",
             "words/s",
             "lines/s",
             "MB/s out",
+            "CPU/msg",
             "engine µs p50/p90/p99/p99.9/max",
             "probe µs p50/p90/p99/p99.9/max"
         );
@@ -236,13 +295,27 @@ impl BenchReport {
                 Some(r) => format!("{} ({r}/s)", p.name),
                 None => p.name.clone(),
             };
+            let rates = if p.measurable() {
+                format!(
+                    "{:>10.0} {:>11.0} {:>11.0} {:>9.1}",
+                    p.msgs_per_sec(),
+                    p.words_per_sec(),
+                    p.lines_per_sec(),
+                    p.mb_per_sec_out()
+                )
+            } else {
+                let short = format!(
+                    "too short to time ({:.0} ms)",
+                    p.elapsed.as_secs_f64() * 1e3
+                );
+                format!("{short:<44}")
+            };
+            let cpu = p
+                .cpu_us_per_msg()
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}µs"));
             s += &format!(
-                "{:<12} {:>10.0} {:>11.0} {:>11.0} {:>9.1} | {:>26} | {:>26}\n",
+                "{:<22} {rates} {cpu:>7} | {:>26} | {:>26}\n",
                 name,
-                p.msgs_per_sec(),
-                p.words_per_sec(),
-                p.lines_per_sec(),
-                p.mb_per_sec_out(),
                 pct(&p.engine_latency),
                 p.probe_latency
                     .as_ref()
@@ -250,15 +323,39 @@ impl BenchReport {
                     .unwrap_or_else(|| "-".into())
             );
         }
+        for p in self.phases.iter().filter(|p| !p.stages.is_empty()) {
+            s += &format!("{}: where the engine's time went, per core\n", p.name);
+            s += &stage_table(&p.stages);
+        }
         s += &format!(
             "state: {} distinct words, ~{:.0} bytes each\n",
             self.keys, self.bytes_per_key
         );
-        for (i, c) in self.per_core.iter().enumerate() {
-            s += &format!("core {i}: {c}\n");
-        }
+        s += &per_core_table(&self.per_core);
         s
     }
+}
+
+/// "separate" when no client thread may run on a server CPU, "shared" otherwise, "in-process"
+/// without clients.
+fn placement_kind(server: &[usize], clients: &[usize]) -> &'static str {
+    match clients {
+        [] => "in-process",
+        c if c.iter().any(|c| server.contains(c)) => "shared",
+        _ => "separate",
+    }
+}
+
+/// Where a loopback bench puts the server and its clients, from `--cpus`, `--client-cpus` and
+/// `--cores` (see [`Placement::choose`]), among the CPUs this process may use (a container's
+/// cpuset, `taskset`), so that the clients can be pinned where the default puts them.
+pub fn placement(opts: &BenchOptions) -> Result<Placement> {
+    Placement::choose(
+        &bettong_engine::online_cpus(),
+        opts.cpus.as_deref(),
+        opts.client_cpus.as_deref(),
+        opts.cores,
+    )
 }
 
 /// Loads the corpus the options name, or generates the synthetic one.
@@ -295,12 +392,21 @@ fn state_figures(m: &MetricsSnapshot) -> (u64, f64) {
     (m.keys, m.state_bytes as f64 / m.keys.max(1) as f64)
 }
 
-fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<BenchReport> {
-    let src = MemorySource::from_framed(corpus)?.repeat(opts.repeat.max(1));
+/// An in-process engine on the cores and CPUs the options ask for.
+pub fn engine_on(opts: &BenchOptions) -> Engine {
     let mut engine = Engine::new();
     if let Some(n) = opts.cores {
         engine = engine.cores(n);
     }
+    if let Some(cpus) = &opts.cpus {
+        engine = engine.cpus(cpus.clone());
+    }
+    engine
+}
+
+fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<BenchReport> {
+    let src = MemorySource::from_framed(corpus)?.repeat(opts.repeat.max(1));
+    let engine = engine_on(opts);
     let start = Instant::now();
     let running = engine.start(
         crate::app::word_count(),
@@ -313,11 +419,15 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
     let elapsed = start.elapsed();
     let t = report.total();
     let (keys, bytes_per_key) = state_figures(&t);
-    let per_core = report.metrics.iter().map(|m| m.to_string()).collect();
+    let per_core = report.metrics.clone();
     Ok(BenchReport {
         mode: "in-process".into(),
+        clients: format!(
+            "server on CPU {}; memory source and discarding sink, no sockets",
+            bettong_engine::placement::CpuList(&cpus)
+        ),
         server_cpus: cpus,
-        clients: "memory source and discarding sink, no sockets".into(),
+        client_cpus: Vec::new(),
         corpus: name,
         phases: vec![Phase {
             name: "in-process".into(),
@@ -329,6 +439,8 @@ fn run_in_process(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<
             engine_latency: Percentiles::of(&metrics.latency_histogram()),
             probe_latency: None,
             target_rate: None,
+            stages: stage_rows(&metrics),
+            engine_cpu: None,
         }],
         keys,
         bytes_per_key,
@@ -460,141 +572,261 @@ fn run_probes(addr: SocketAddr, probes: Arc<Probes>, stop: Arc<AtomicBool>) -> R
 }
 
 fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<BenchReport> {
-    let max_probes = (opts.duration.as_millis() as usize + 2000).max(4096);
-    let probes = Arc::new(Probes::new(max_probes));
-    let sink = BenchSink::start(probes.clone())?;
-    let server = start_server(&ServeOptions {
-        input: "bench@127.0.0.1:0".into(),
-        output: sink.addr.to_string(),
-        cores: opts.cores,
-        max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
-        resilience_dir: None,
-        checkpoint_interval: std::time::Duration::from_secs(1),
-        limits: Default::default(),
-    })?;
-    let addr = server.local_addr().context("the server has no address")?;
-    let metrics = server.metrics().clone();
-    let all_cpus = bettong_engine::online_cpus();
-    let clients = format!(
-        "sender ({} connections) and receiver threads unpinned, sharing CPUs {all_cpus:?}",
+    let place = placement(opts)?;
+    // The sink, sender and probe threads are started by this thread, so they inherit its CPUs.
+    let _pinned = place.pin_clients()?;
+    let bench = Loopback::start(opts, &place)?;
+    let clients = place.describe(&format!(
+        "sender ({} connections), receiver and probe threads",
         opts.connections
-    );
-    let mut phases = Vec::new();
-
-    // Full speed.
-    let before = metrics.total();
-    let lines_before = sink.lines.load(Relaxed);
-    let bytes_before = sink.bytes.load(Relaxed);
-    metrics.reset_latency();
-    let mut send = SendOptions::new(vec![addr.to_string()], SendSource::Bytes(corpus.clone()));
-    send.repeat = opts.repeat.max(1) as u64;
-    send.connections = opts.connections.max(1);
-    send.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let start = Instant::now();
-    let sent = run_send(&send).context("sending the full-speed phase")?;
-    let words = settle(&metrics, &sink, before, lines_before)?;
-    let elapsed = start.elapsed();
-    phases.push(Phase {
-        name: "full speed".into(),
-        messages: sent.messages,
-        words,
-        lines: sink.lines.load(Relaxed) - lines_before,
-        bytes_out: sink.bytes.load(Relaxed) - bytes_before,
-        elapsed,
-        engine_latency: Percentiles::of(&metrics.latency_histogram()),
-        probe_latency: None,
-        target_rate: None,
-    });
-
-    // Fixed rate, with probes.
-    let rate = opts
-        .rate
-        .unwrap_or_else(|| (phases[0].msgs_per_sec() / 2.0) as u64);
-    if rate > 0 {
-        let before = metrics.total();
-        let lines_before = sink.lines.load(Relaxed);
-        let bytes_before = sink.bytes.load(Relaxed);
-        metrics.reset_latency();
-        let mut paced = send.clone();
-        paced.rate = rate;
-        paced.repeat = 0;
-        paced.messages = Some((rate as f64 * opts.duration.as_secs_f64()) as u64);
-        paced.progress = false;
-        let stop = Arc::new(AtomicBool::new(false));
-        let probe_thread = {
-            let (p, s) = (probes.clone(), stop.clone());
-            std::thread::spawn(move || run_probes(addr, p, s))
-        };
-        let start = Instant::now();
-        let sent = run_send(&paced).context("sending the fixed-rate phase")?;
-        stop.store(true, Relaxed);
-        let probes_sent = probe_thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
-        let words = settle(&metrics, &sink, before, lines_before)?;
-        let elapsed = start.elapsed();
-        let probe = probes.percentiles();
-        if probe.count + 10 < probes_sent {
+    ));
+    let mut phases = vec![bench.full_speed(&corpus, opts)?];
+    let rate = match opts.rate {
+        Some(r) => r,
+        None if phases[0].measurable() => (phases[0].msgs_per_sec() / 2.0) as u64,
+        None => {
             tracing::warn!(
-                "only {} of {probes_sent} probe outputs were matched",
-                probe.count
+                "no fixed-rate phase: the full-speed phase was too short to give its rate; \
+                 give --rate or a longer corpus"
             );
+            0
         }
-        phases.push(Phase {
-            name: "fixed rate".into(),
-            messages: sent.messages + probes_sent,
-            words,
-            lines: sink.lines.load(Relaxed) - lines_before,
-            bytes_out: sink.bytes.load(Relaxed) - bytes_before,
-            elapsed,
-            engine_latency: Percentiles::of(&metrics.latency_histogram()),
-            probe_latency: Some(probe),
-            target_rate: Some(rate),
-        });
+    };
+    if opts.sweep && phases[0].measurable() {
+        let max = phases[0].msgs_per_sec();
+        for f in crate::sweep::SWEEP_FRACTIONS {
+            let rate = ((max * f) as u64).max(1);
+            phases.push(bench.fixed_rate(&corpus, opts, rate)?);
+        }
+    } else if rate > 0 {
+        phases.push(bench.fixed_rate(&corpus, opts, rate)?);
     }
-    server.stop();
-    let report = server.join()?;
+    let report = bench.finish()?;
     let (keys, bytes_per_key) = state_figures(&report.total());
-    let per_core = report.metrics.iter().map(|m| m.to_string()).collect();
     Ok(BenchReport {
         mode: "loopback".into(),
-        server_cpus: all_cpus[..report.metrics.len()].to_vec(),
+        server_cpus: place.server.clone(),
+        client_cpus: place.clients.clone(),
         clients,
         corpus: name,
         phases,
         keys,
         bytes_per_key,
-        per_core,
+        per_core: report.metrics,
     })
 }
 
-/// Waits until every word the server took in has its output line at the receiver; returns the
-/// words taken in since `before`.
+/// A word-count server on loopback with the bench's receiver and probes, between phases.
+struct Loopback {
+    server: bettong_engine::Running,
+    addr: SocketAddr,
+    sink: BenchSink,
+    probes: Arc<Probes>,
+    metrics: bettong_engine::Metrics,
+    connections: usize,
+}
+
+impl Loopback {
+    fn start(opts: &BenchOptions, place: &Placement) -> Result<Loopback> {
+        let max_probes = (opts.duration.as_millis() as usize + 2000).max(4096);
+        let probes = Arc::new(Probes::new(max_probes));
+        let sink = BenchSink::start(probes.clone())?;
+        let server = start_server(&ServeOptions {
+            input: "bench@127.0.0.1:0".into(),
+            output: sink.addr.to_string(),
+            cores: None,
+            cpus: Some(place.server.clone()),
+            max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
+            resilience_dir: None,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            limits: Default::default(),
+        })?;
+        let addr = server.local_addr().context("the server has no address")?;
+        let metrics = server.metrics().clone();
+        Ok(Loopback {
+            server,
+            addr,
+            sink,
+            probes,
+            metrics,
+            connections: opts.connections.max(1),
+        })
+    }
+
+    fn sender(&self, corpus: &[u8]) -> SendOptions {
+        let mut send = SendOptions::new(
+            vec![self.addr.to_string()],
+            SendSource::Bytes(corpus.to_vec()),
+        );
+        send.connections = self.connections;
+        send
+    }
+
+    /// Sends the corpus `repeat` times as fast as the server takes it.
+    fn full_speed(&self, corpus: &[u8], opts: &BenchOptions) -> Result<Phase> {
+        let mut send = self.sender(corpus);
+        send.repeat = opts.repeat.max(1) as u64;
+        send.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut phase = self.measure("full speed", || {
+            run_send(&send)
+                .context("sending the full-speed phase")
+                .map(|r| (r.messages, 0))
+        })?;
+        phase.target_rate = None;
+        Ok(phase)
+    }
+
+    /// Sends `rate` messages/s for the phase's duration, with a probe every millisecond.
+    fn fixed_rate(&self, corpus: &[u8], opts: &BenchOptions, rate: u64) -> Result<Phase> {
+        let mut paced = self.sender(corpus);
+        paced.rate = rate;
+        paced.repeat = 0;
+        paced.messages = Some((rate as f64 * opts.duration.as_secs_f64()).max(1.0) as u64);
+        self.probes.reset();
+        let mut phase = self.measure("fixed rate", || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let probe_thread = {
+                let (p, s, addr) = (self.probes.clone(), stop.clone(), self.addr);
+                std::thread::spawn(move || run_probes(addr, p, s))
+            };
+            let sent = run_send(&paced).context("sending the fixed-rate phase");
+            stop.store(true, Relaxed);
+            let probes_sent = probe_thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+            sent.map(|r| (r.messages, probes_sent))
+        })?;
+        let probe = self.probes.percentiles();
+        phase.probe_latency = Some(probe);
+        phase.target_rate = Some(rate);
+        Ok(phase)
+    }
+
+    /// Runs `send` (which returns the messages and the probes it sent) and waits until every
+    /// message's output has arrived; the phase's figures all come from that one window.
+    fn measure(&self, name: &str, send: impl FnOnce() -> Result<(u64, u64)>) -> Result<Phase> {
+        let before = self.metrics.total();
+        let lines_before = self.sink.lines.load(Relaxed);
+        let bytes_before = self.sink.bytes.load(Relaxed);
+        self.metrics.reset_latency();
+        let cpu_before = crate::thread_cpu::engine_cpu();
+        let start = Instant::now();
+        let (sent, probes_sent) = send()?;
+        let words = settle(
+            &self.metrics,
+            &self.sink,
+            before,
+            lines_before,
+            sent + probes_sent,
+        )?;
+        let elapsed = start.elapsed();
+        let engine_cpu = crate::thread_cpu::engine_cpu()
+            .zip(cpu_before)
+            .map(|(a, b)| a.saturating_sub(b));
+        let after = self.metrics.total();
+        let probe = self.probes.percentiles();
+        if probes_sent > 0 && probe.count + 10 < probes_sent {
+            tracing::warn!(
+                "only {} of {probes_sent} probe outputs were matched",
+                probe.count
+            );
+        }
+        Ok(Phase {
+            name: name.into(),
+            // Frames the engine took in: every one of them has its output at the receiver.
+            messages: after.frames_in - before.frames_in,
+            words,
+            lines: self.sink.lines.load(Relaxed) - lines_before,
+            bytes_out: self.sink.bytes.load(Relaxed) - bytes_before,
+            elapsed,
+            engine_latency: Percentiles::of(&self.metrics.latency_histogram()),
+            probe_latency: None,
+            target_rate: None,
+            stages: stage_rows(&self.metrics),
+            engine_cpu,
+        })
+    }
+
+    fn finish(self) -> Result<bettong_engine::Report> {
+        self.server.stop();
+        Ok(self.server.join()?)
+    }
+}
+
+/// Waits until the server has taken in the `sent` messages sent since `before` (a sender's
+/// last write returns while its bytes can still be in the kernel's buffers) and every word of
+/// them has its output line at the receiver; returns the words taken in since `before`.
 fn settle(
     metrics: &bettong_engine::Metrics,
     sink: &BenchSink,
     before: MetricsSnapshot,
     lines_before: u64,
+    sent: u64,
 ) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let t = metrics.total();
         let words = t.records_in - before.records_in;
-        // Quiescent when everything taken in so far has been applied (absolute totals, so a
-        // snapshot taken while records were crossing cores cannot skew the comparison) and its
-        // output lines have arrived.
-        let quiescent = t.records_applied == t.records_in;
+        // Quiescent when every message sent was taken in, everything taken in so far has been
+        // applied (absolute totals, so a snapshot taken while records were crossing cores
+        // cannot skew the comparison) and its output lines have arrived.
+        let quiescent = t.frames_in - before.frames_in >= sent && t.records_applied == t.records_in;
         if quiescent && sink.wait_for(lines_before + words, Duration::from_millis(50)) {
             return Ok(words);
         }
         if Instant::now() > deadline {
             bail!(
-                "the server took in {words} words ({} of all {} taken in applied) and {} output \
-                 lines arrived within 120 s",
+                "the server took in {} of {sent} messages sent, {words} words ({} of all {} \
+                 taken in applied) and {} output lines arrived within 120 s",
+                t.frames_in - before.frames_in,
                 t.records_applied,
                 t.records_in,
                 sink.lines.load(Relaxed) - lines_before
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(ms: u64) -> Phase {
+        Phase {
+            name: "full speed".into(),
+            messages: 1_000,
+            words: 10_000,
+            lines: 10_000,
+            elapsed: Duration::from_millis(ms),
+            ..Phase::default()
+        }
+    }
+
+    #[test]
+    fn a_phase_too_short_to_time_gives_no_rates() {
+        let short = BenchReport {
+            phases: vec![phase(40)],
+            ..BenchReport::default()
+        };
+        let table = short.table();
+        assert!(table.contains("too short to time (40 ms)"), "{table}");
+        let j = short.json();
+        assert!(
+            j["msgs_per_sec"].is_null() && j["words_per_sec"].is_null(),
+            "{j}"
+        );
+        assert!(j["phases"][0]["too_short"]
+            .as_str()
+            .unwrap()
+            .contains("40 ms"));
+
+        let long = BenchReport {
+            phases: vec![phase(500)],
+            ..BenchReport::default()
+        };
+        assert_eq!(long.json()["msgs_per_sec"], 2_000.0);
+        assert_eq!(long.json()["words_per_sec"], 20_000.0);
+        assert!(long.json()["phases"][0]["too_short"].is_null());
+        assert!(!long.table().contains("too short"));
     }
 }

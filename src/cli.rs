@@ -111,9 +111,17 @@ pub struct BenchArgs {
     /// Passes over the corpus at full speed.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Server cores (default: every online core).
+    /// Server cores (default: every server CPU).
     #[arg(long)]
     pub cores: Option<usize>,
+    /// CPUs for the server's cores, a list such as `1`, `2-5` or `0,3` (default: every CPU but
+    /// the first, which the clients get; on 1 CPU, that CPU).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<crate::placement::Cpus>,
+    /// CPUs for the bench's sender, receiver and probe threads (default: the CPUs the server
+    /// does not use, else every CPU).
+    #[arg(long, value_name = "LIST")]
+    pub client_cpus: Option<crate::placement::Cpus>,
     /// Sender connections.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
@@ -127,6 +135,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The latency-throughput curve: after full speed, a fixed-rate phase (of --duration) at
+    /// each of 10 %, 20 %, ... 100 % of the rate reached; writes --sweep-out's CSV and SVG plot.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Where --sweep writes: PREFIX.csv and PREFIX.svg.
+    #[arg(long, value_name = "PREFIX", default_value = "bench-sweep")]
+    pub sweep_out: PathBuf,
     /// Market Spread: orders generated (sent --repeat times at full speed) [default: 1000000].
     #[arg(long, value_name = "N")]
     pub orders: Option<u64>,
@@ -148,9 +163,12 @@ impl BenchArgs {
             messages: self.messages.max(1),
             repeat: self.repeat.max(1),
             cores: self.cores,
+            cpus: self.cpus.clone().map(|c| c.0),
+            client_cpus: self.client_cpus.clone().map(|c| c.0),
             connections: self.connections.max(1),
             rate: self.rate,
             duration: Duration::from_secs_f64(self.duration.max(0.1)),
+            sweep: self.sweep,
         }
     }
 
@@ -163,6 +181,9 @@ impl BenchArgs {
             anyhow::bail!(
                 "bench --app market-spread generates its input: --framed-file is for word-count"
             );
+        }
+        if self.sweep {
+            anyhow::bail!("bench --sweep measures word count; drop --app market-spread");
         }
         let defaults = crate::market_spread::bench::MarketBenchOptions::default().gen;
         Ok(crate::market_spread::bench::MarketBenchOptions {
@@ -189,9 +210,14 @@ pub struct ServeArgs {
     /// `HOST:PORT`.
     #[arg(long = "out", value_name = "HOST:PORT")]
     pub output: String,
-    /// Cores to run on, one pinned executor each (default: every online core).
+    /// Cores to run on, one pinned executor each (default: every online core, or every CPU of
+    /// --cpus).
     #[arg(long)]
     pub cores: Option<usize>,
+    /// CPUs to run on, one core pinned to each: a list such as `1`, `2-5` or `0,3` (default:
+    /// the first --cores CPUs this process may use).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<crate::placement::Cpus>,
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.
     #[arg(long, default_value_t = bettong_engine::codec::DEFAULT_MAX_FRAME,
           value_parser = size_parser(1, MAX_FRAME))]
@@ -269,6 +295,7 @@ impl ServeArgs {
             input: self.input,
             output: self.output,
             cores: self.cores,
+            cpus: self.cpus.map(|c| c.0),
             max_frame: self.max_frame,
             resilience_dir: self.resilience_dir,
             checkpoint_interval: self.checkpoint_interval,

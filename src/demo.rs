@@ -25,6 +25,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
         input: "demo@127.0.0.1:0".into(),
         output: receiver.local_addr().to_string(),
         cores: args.cores,
+        cpus: None,
         max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
         resilience_dir: None,
         checkpoint_interval: std::time::Duration::from_secs(1),

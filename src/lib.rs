@@ -13,13 +13,17 @@ pub mod corpus;
 pub mod demo;
 pub mod logging;
 pub mod market_spread;
+pub mod metrics_table;
 pub mod observe;
+pub mod placement;
 pub mod probes;
 pub mod receive;
 pub mod send;
 pub mod serve;
 pub mod split;
+pub mod sweep;
 pub mod synth;
+pub mod thread_cpu;
 pub mod validate;
 
 /// The code blocks of README.md, compiled and run as doctests so the README cannot rot.

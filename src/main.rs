@@ -84,7 +84,13 @@ fn main() -> ExitCode {
 fn run_bench(a: &BenchArgs) -> anyhow::Result<(serde_json::Value, String)> {
     match a.app {
         BenchApp::WordCount => {
-            bettong::bench::run_bench(&a.to_options()).map(|r| (r.json(), r.table()))
+            let r = bettong::bench::run_bench(&a.to_options())?;
+            let mut table = r.table();
+            if a.sweep {
+                let (csv, svg) = bettong::sweep::write(&r, &a.sweep_out)?;
+                table += &format!("sweep: {} and {}\n", csv.display(), svg.display());
+            }
+            Ok((r.json(), table))
         }
         BenchApp::MarketSpread => a
             .to_market_options()

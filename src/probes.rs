@@ -52,6 +52,17 @@ impl Probes {
         }
     }
 
+    /// Forgets every probe sent and every latency recorded (between two phases, once every
+    /// probe's output has arrived).
+    pub fn reset(&self) {
+        for s in &self.sent_ns {
+            s.store(0, Relaxed);
+        }
+        if let Ok(mut h) = self.hist.lock() {
+            h.reset();
+        }
+    }
+
     /// The latencies recorded so far.
     pub fn percentiles(&self) -> Percentiles {
         match self.hist.lock() {
@@ -76,5 +87,8 @@ mod tests {
         let q = p.percentiles();
         assert_eq!(q.count, 1);
         assert!(q.p50 >= 2000, "{q:?}");
+        p.reset();
+        p.received(1); // sent before the reset
+        assert_eq!(p.percentiles().count, 0);
     }
 }

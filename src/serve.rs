@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub output: String,
     /// Cores to run on (default: every online core).
     pub cores: Option<usize>,
+    /// CPUs to pin the cores to (`--cpus`; default: the first online ones).
+    pub cpus: Option<Vec<usize>>,
     /// Largest accepted frame payload, in bytes.
     pub max_frame: usize,
     /// Checkpoint directory (`--resilience-dir`): restore from it at start, checkpoint into it.
@@ -213,6 +215,9 @@ pub fn start_app<A: PersistApp>(
     let mut engine = Engine::new().max_key_bytes(opts.limits.max_key_bytes);
     if let Some(n) = opts.cores {
         engine = engine.cores(n);
+    }
+    if let Some(cpus) = &opts.cpus {
+        engine = engine.cpus(cpus.clone());
     }
     let mut sink = TcpSinkConfig::new(output);
     sink.max_held_bytes = opts.limits.sink_buffer;

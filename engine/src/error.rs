@@ -31,6 +31,17 @@ pub enum Error {
         /// Cores available.
         available: usize,
     },
+    /// A CPU asked for (`Engine::cpus`) is not online on this machine.
+    #[error(
+        "CPU {cpu} is not online on this machine (online: {}); pick CPUs from that list",
+        crate::placement::CpuList(online)
+    )]
+    CpuOffline {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs online.
+        online: Vec<usize>,
+    },
     /// Zero cores were requested.
     #[error("an engine needs at least one core")]
     NoCores,

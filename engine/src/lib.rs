@@ -22,7 +22,8 @@
 //!   `recv`, io_uring provided buffers).
 //! - [`checkpoint`]: consistent checkpoints of every state step, and recovery from them; the
 //!   data path calls the hooks of its `checkpoint/participant.rs`.
-//! - [`metrics`]: per-core counters; `shutdown.rs`: how a stop request reaches every task.
+//! - [`metrics`]: per-core counters; [`stage_latency`]: per-core histograms of each stage of the
+//!   data path; `shutdown.rs`: how a stop request reaches every task.
 //! - [`monitor`]: watching a running engine: Prometheus `/metrics`, `/metrics.json` and a live
 //!   page over HTTP on threads of their own, and progress lines.
 //!
@@ -61,12 +62,14 @@ pub mod metrics;
 pub mod monitor;
 mod notify;
 pub mod pipeline;
+pub mod placement;
 mod read_step;
 pub mod routing;
 pub mod runtime;
 mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod stage_latency;
 pub mod state;
 mod tcp;
 mod worker;

@@ -21,6 +21,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::stage_latency::{Stage, StageRecorder};
+
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// One core's live counters. Written only by that core; read by anyone.
@@ -110,8 +112,10 @@ const fn ends_with(s: &[u8], suffix: &[u8]) -> bool {
 }
 
 counters! {
-    /// Connections accepted by this core's listener.
+    /// Connections this core reads: accepted by its listener, or handed over by another core.
     connections_accepted,
+    /// Connections this core's listener accepted and handed to a core with fewer open.
+    connections_handed_off,
     /// Connections closed because a frame header exceeded the maximum frame size.
     connections_oversized,
     /// Connections that ended inside a frame (the partial frame was dropped).
@@ -257,6 +261,16 @@ pub struct NamedHistogram {
     pub per_core: Vec<Histogram<u64>>,
 }
 
+/// A stage histogram of nanoseconds as one of microseconds, the unit of [`NamedHistogram`]
+/// (values under a microsecond count as 0 µs).
+fn nanos_to_micros(ns: &Histogram<u64>) -> Histogram<u64> {
+    let mut us = new_histogram();
+    for v in ns.iter_recorded() {
+        us.saturating_record_n(v.value_iterated_to() / 1000, v.count_at_value());
+    }
+    us
+}
+
 /// Checkpoints as the coordinator sees them (engine-wide, zero when checkpoints are off).
 ///
 /// Written only by the engine; [`Metrics::checkpoint_stats`] gives a plain copy.
@@ -302,6 +316,7 @@ pub struct CheckpointStats {
 pub struct Metrics {
     cores: Arc<[CoreMetrics]>,
     latency: Arc<[LatencyRecorder]>,
+    stages: Arc<[StageRecorder]>,
     checkpoints: Arc<CheckpointMetrics>,
 }
 
@@ -311,6 +326,10 @@ impl Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             latency: (0..cores).map(|_| LatencyRecorder::default()).collect(),
+            stages: {
+                let on = crate::stage_latency::enabled_from_env();
+                (0..cores).map(|_| StageRecorder::new(on)).collect()
+            },
             checkpoints: Arc::default(),
         }
     }
@@ -356,21 +375,49 @@ impl Metrics {
     /// `/metrics` and `/metrics.json`, progress lines). A new histogram appears in all of them
     /// once it is listed here.
     pub fn histograms(&self) -> Vec<NamedHistogram> {
-        vec![NamedHistogram {
+        let mut all = vec![NamedHistogram {
             name: "latency",
             help: "Time from an input's arrival at the engine to its output being written to \
                    the sink.",
             per_core: self.latency.iter().map(LatencyRecorder::copy).collect(),
-        }]
+        }];
+        all.extend(self.stage_histograms().into_iter().zip(Stage::ALL).map(
+            |((name, per_core), stage)| NamedHistogram {
+                name,
+                help: stage.help(),
+                per_core: per_core.iter().map(nanos_to_micros).collect(),
+            },
+        ));
+        all
     }
 
-    /// Clears every latency histogram (to measure one phase of a run).
+    /// Clears every latency histogram, the stages' included (to measure one phase of a run).
     pub fn reset_latency(&self) {
         for l in self.latency.iter() {
             if let Ok(mut h) = l.hist.lock() {
                 h.reset();
             }
         }
+        self.stages.iter().for_each(StageRecorder::reset);
+    }
+
+    /// Core `i`'s stage recorder.
+    pub(crate) fn stages(&self, i: usize) -> &StageRecorder {
+        &self.stages[i]
+    }
+
+    /// Every stage of the data path ([`Stage::ALL`] order) with each core's histogram of it,
+    /// by core index, in **nanoseconds** (see [`stage_latency`](crate::stage_latency)).
+    pub fn stage_histograms(&self) -> Vec<(&'static str, Vec<Histogram<u64>>)> {
+        Stage::ALL
+            .iter()
+            .map(|&s| {
+                (
+                    s.name(),
+                    self.stages.iter().map(|r| r.histogram(s)).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Core `i`'s counters.

@@ -210,6 +210,9 @@ pub(crate) enum Envelope {
     /// Checkpoint barrier: every record the sending core read before its cut for this
     /// checkpoint came before it on this ring, and every record after, after it.
     Barrier(u64),
+    /// A connection the sending core accepted, for the receiving core to read (it had fewer
+    /// open: `tcp/balance.rs`).
+    Connection(crate::tcp::balance::Handoff),
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use glommio::net::TcpStream;
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::notify::Notify;
 use crate::shutdown::Shutdown;
+use crate::stage_latency::Stage;
 use crate::tcp::log_limit::LogLimit;
 
 /// A sink connection that breaks sooner than this after it was made "died young": the next
@@ -160,6 +161,8 @@ pub(crate) struct SinkPort {
     spare: RefCell<Vec<Vec<u8>>>,
     /// When the oldest input behind the current chunk's output arrived.
     chunk_born: Cell<Option<Instant>>,
+    /// When the first output of the current chunk was made (its apply ended).
+    chunk_applied: Cell<Option<Instant>>,
     queue: RefCell<VecDeque<Chunk>>,
     depth: usize,
     /// Bytes enqueued and not yet released by the writer (queued, or being written).
@@ -183,6 +186,7 @@ impl SinkPort {
             chunk: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             chunk_born: Cell::new(None),
+            chunk_applied: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             depth: depth.max(1),
             held: Cell::new(0),
@@ -210,11 +214,15 @@ impl SinkPort {
         self.chunk.borrow_mut()
     }
 
-    /// Notes that output of input that arrived at `born` is in the current chunk.
-    pub(crate) fn note_arrival(&self, born: Instant) {
+    /// Notes that output of input that arrived at `born`, made at `applied`, is in the current
+    /// chunk.
+    pub(crate) fn note_arrival(&self, born: Instant, applied: Instant) {
         match self.chunk_born.get() {
             Some(b) if b <= born => {}
             _ => self.chunk_born.set(Some(born)),
+        }
+        if self.chunk_applied.get().is_none() {
+            self.chunk_applied.set(Some(applied));
         }
     }
 
@@ -246,10 +254,18 @@ impl SinkPort {
         let next = self.spare.borrow_mut().pop().unwrap_or_default();
         let bytes = std::mem::replace(&mut *self.chunk.borrow_mut(), next);
         let born = self.chunk_born.take();
+        let applied = self.chunk_applied.take();
         if !bytes.is_empty() {
-            let born = born.unwrap_or_else(Instant::now);
+            let queued = Instant::now();
+            let born = born.unwrap_or(queued);
+            let applied = applied.unwrap_or(queued);
             self.held.set(self.held.get() + bytes.len());
-            self.queue.borrow_mut().push_back(Chunk { bytes, born });
+            self.queue.borrow_mut().push_back(Chunk {
+                bytes,
+                born,
+                applied,
+                queued,
+            });
             self.queued.notify();
         }
     }
@@ -309,6 +325,21 @@ impl SinkPort {
 pub(crate) struct Chunk {
     pub bytes: Vec<u8>,
     pub born: Instant,
+    /// When its first output was made.
+    pub applied: Instant,
+    /// When it was queued for the writer.
+    pub queued: Instant,
+}
+
+impl Chunk {
+    /// Records the chunk's latencies once its last byte is written: end to end, and the
+    /// apply → sink buffer → write stages.
+    fn written(&self, metrics: &Metrics, core: usize) {
+        metrics.latency(core).record(self.born);
+        let stages = metrics.stages(core);
+        stages.record(Stage::ApplyToSinkBuffer, self.applied, self.queued);
+        stages.record_since(Stage::SinkBufferToWrite, self.queued);
+    }
 }
 
 /// Drains a core's output into memory (or drops it when `keep` is false), returning everything
@@ -320,12 +351,12 @@ pub(crate) async fn run_memory_sink(
     keep: bool,
 ) -> Vec<u8> {
     let m = metrics.core(core);
-    let latency = metrics.latency(core);
     let mut all = Vec::new();
-    while let Some(Chunk { bytes: chunk, born }) = rx.next().await {
-        rx.release(chunk.len());
-        CoreMetrics::add(&m.bytes_out, chunk.len() as u64);
-        latency.record(born);
+    while let Some(c) = rx.next().await {
+        rx.release(c.bytes.len());
+        CoreMetrics::add(&m.bytes_out, c.bytes.len() as u64);
+        c.written(&metrics, core);
+        let chunk = c.bytes;
         if !keep {
             rx.recycle(chunk);
             continue;
@@ -374,7 +405,6 @@ pub(crate) async fn run_tcp_sink(
 ) {
     rx.limit_held(cfg.max_held_bytes);
     let m = metrics.core(core);
-    let latency = metrics.latency(core);
     let mut link = Link::new(&cfg, core);
     let mut gave_up = false;
     let mut dropped = 0usize;
@@ -413,7 +443,7 @@ pub(crate) async fn run_tcp_sink(
             }
             None => Event::Next(rx.next().await),
         };
-        let Chunk { bytes, born } = match next {
+        let chunk = match next {
             Event::Next(Some(chunk)) => chunk,
             Event::Next(None) => break,
             Event::Gone(e) => {
@@ -422,6 +452,7 @@ pub(crate) async fn run_tcp_sink(
             }
             Event::Tick => continue,
         };
+        let bytes = &chunk.bytes;
         let mut pos = 0;
         while pos < bytes.len() && !gave_up {
             if link.conn.is_none() {
@@ -438,12 +469,12 @@ pub(crate) async fn run_tcp_sink(
                     pos += n;
                     link.poll_acks(m);
                     if pos == bytes.len() {
-                        latency.record(born);
+                        chunk.written(&metrics, core);
                     }
                 }
                 Wrote::Failed(e) => {
                     // Rewind to the start of the record the break cut, if any.
-                    let cut = cfg.records.cut(&bytes, pos);
+                    let cut = cfg.records.cut(bytes, pos);
                     link.broke(m, e, cut);
                     pos -= cut;
                 }
@@ -459,7 +490,7 @@ pub(crate) async fn run_tcp_sink(
             CoreMetrics::add(&m.sink_bytes_dropped, n as u64);
         }
         rx.release(bytes.len());
-        rx.recycle(bytes);
+        rx.recycle(chunk.bytes);
     }
     if dropped > 0 {
         tracing::error!(

@@ -34,6 +34,8 @@ use crate::pipeline::App;
 use crate::routing::{AnyBatch, Envelope, Router};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkPort;
+use crate::stage_latency::Stage;
+use crate::tcp::balance::{Handoff, Inbox};
 
 /// What one call to [`Worker::ingest`] saw, for the caller's logs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,6 +78,11 @@ pub(crate) struct Worker<A: App> {
     pub metrics: Metrics,
     pub shutdown: Shutdown,
     last_reject_log: Cell<Option<Instant>>,
+    /// When the bytes the running read step decodes were seen by the core (set by the TCP
+    /// source; see [`Worker::note_arrival`]).
+    arrival: Cell<Option<Instant>>,
+    /// Connections other cores handed to this one (`tcp/balance.rs`).
+    pub(crate) inbox: Inbox,
     /// This core's part in checkpoints, when the engine checkpoints.
     pub(crate) ck: Option<Participant<A>>,
 }
@@ -109,6 +116,8 @@ impl<A: App> Worker<A> {
             metrics,
             shutdown,
             last_reject_log: Cell::new(None),
+            arrival: Cell::new(None),
+            inbox: Inbox::default(),
             ck: None,
         }
     }
@@ -201,8 +210,16 @@ impl<A: App> Worker<A> {
         let keys_rejected = keys_rejected + cx.keys_rejected;
         let produced = out.len() - out_before;
         drop(out);
+        let done = Instant::now();
         if outputs > 0 {
-            self.sink.note_arrival(now);
+            self.sink.note_arrival(now, done);
+        }
+        let stages = self.metrics.stages(self.index);
+        if let Some(arrived) = self.arrival.take() {
+            stages.record(Stage::ArrivalToDecode, arrived, now);
+        }
+        if local > 0 {
+            stages.record(Stage::DecodeToApplyLocal, now, done);
         }
         if let Some(ck) = &self.ck {
             ck.add_produced(produced);
@@ -221,6 +238,13 @@ impl<A: App> Worker<A> {
             self.note_keys(&chain);
         }
         (r, seen)
+    }
+
+    /// The bytes the running [`Worker::ingest`] decodes were seen by the core at `at` (a
+    /// receive's completion): times the arrival → decode stage. Called by a source from inside
+    /// `ingest`'s `produce`, so that it never outlives the read it describes.
+    pub(crate) fn note_arrival(&self, at: Option<Instant>) {
+        self.arrival.set(at);
     }
 
     /// True when a rejected-frame warning may be logged now: at most one per second per core,
@@ -378,6 +402,23 @@ impl<A: App> Worker<A> {
         }
     }
 
+    /// Hands an accepted connection to core `dest`, unless its ring is full or closed (the
+    /// connection is then given back).
+    pub(crate) fn hand_off(&self, dest: usize, h: Handoff) -> Result<(), Handoff> {
+        match self.senders.try_send_to(dest, Envelope::Connection(h)) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(Envelope::Connection(h)))) => Err(h),
+            Err(GlommioError::Closed(ResourceType::Channel(Envelope::Connection(h)))) => Err(h),
+            Err(e) => {
+                tracing::warn!(
+                    core = self.index,
+                    "cannot hand a connection to core {dest}: {e}; it is closed"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Sends one message to `dest`, waiting while its ring is full.
     pub(crate) async fn send(&self, dest: usize, msg: Envelope) {
         let m = self.core_metrics();
@@ -409,6 +450,11 @@ impl<A: App> Worker<A> {
         len: usize,
         born: Option<Instant>,
     ) {
+        if let Some(born) = born {
+            self.metrics
+                .stages(self.index)
+                .record_since(Stage::DecodeToApplyCrossed, born);
+        }
         if let Some(ck) = &self.ck {
             ck.on_batch(peer, stage, &*records, &self.chain.borrow());
         }
@@ -440,7 +486,8 @@ impl<A: App> Worker<A> {
             ck.add_produced(produced);
         }
         if outputs > 0 {
-            self.sink.note_arrival(born.unwrap_or_else(Instant::now));
+            let done = Instant::now();
+            self.sink.note_arrival(born.unwrap_or(done), done);
         }
         let m = self.core_metrics();
         CoreMetrics::add(&m.records_applied, applied);
@@ -514,6 +561,7 @@ pub(crate) async fn drain_peer<A: App>(
                 worker.sink.flush().await;
                 glommio::executor().yield_now().await;
             }
+            Ok(Some(Envelope::Connection(h))) => worker.inbox.push(h),
             Ok(Some(Envelope::Barrier(id))) => {
                 if let Some(ck) = &worker.ck {
                     ck.on_barrier(&worker, peer, id);

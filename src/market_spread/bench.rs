@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bettong_engine::{Engine, MemorySource, Metrics, SinkConfig, SourceConfig};
+use bettong_engine::{MemorySource, Metrics, SinkConfig, SourceConfig};
 use serde_json::{json, Value};
 
 use super::app::market_spread;
@@ -176,8 +176,8 @@ pub struct MarketBenchReport {
     pub phases: Vec<MarketPhase>,
     /// Symbols held at the end.
     pub keys: u64,
-    /// Each server core's final counters (`name=value …`), by core index.
-    pub per_core: Vec<String>,
+    /// Each server core's final counters, by core index.
+    pub per_core: Vec<bettong_engine::MetricsSnapshot>,
 }
 
 impl MarketBenchReport {
@@ -210,7 +210,7 @@ impl MarketBenchReport {
             "results_per_sec": first.results_per_sec(),
             "latency_us": latency_json(lat.phase.probe_latency.as_ref(), &lat.phase.engine_latency),
             "keys": self.keys,
-            "per_core": self.per_core,
+            "per_core": self.per_core.iter().map(crate::metrics_table::snapshot_json).collect::<Vec<_>>(),
             "phases": self.phases.iter().map(MarketPhase::json).collect::<Vec<_>>(),
         })
     }
@@ -219,8 +219,8 @@ impl MarketBenchReport {
     pub fn table(&self) -> String {
         let pct = |p: &Percentiles| format!("{}/{}/{}/{}/{}", p.p50, p.p90, p.p99, p.p999, p.max);
         let mut s = format!(
-            "bettong bench market-spread ({}): server on CPUs {:?}; {}\ndata: {}\n",
-            self.mode, self.server_cpus, self.clients, self.data
+            "bettong bench market-spread ({}): {}\ndata: {}\n",
+            self.mode, self.clients, self.data
         );
         s += &format!(
             "{:<22} {:>10} {:>10} {:>10} {:>10} | {:>26} | {:>26}\n",
@@ -250,9 +250,7 @@ impl MarketBenchReport {
             );
         }
         s += &format!("state: {} symbols\n", self.keys);
-        for (i, c) in self.per_core.iter().enumerate() {
-            s += &format!("core {i}: {c}\n");
-        }
+        s += &crate::metrics_table::per_core_table(&self.per_core);
         s
     }
 }
@@ -298,19 +296,17 @@ pub fn run_market_bench(opts: &MarketBenchOptions) -> Result<MarketBenchReport> 
     }
 }
 
-fn per_core_and_keys(report: &bettong_engine::Report) -> (Vec<String>, u64) {
-    let per_core = report.metrics.iter().map(|m| m.to_string()).collect();
-    (per_core, report.total().keys)
+fn per_core_and_keys(
+    report: &bettong_engine::Report,
+) -> (Vec<bettong_engine::MetricsSnapshot>, u64) {
+    (report.metrics.clone(), report.total().keys)
 }
 
 fn run_in_process(opts: &MarketBenchOptions, market: Market) -> Result<MarketBenchReport> {
     let repeat = opts.run.repeat.max(1);
     let orders = MemorySource::from_framed(market.orders)?.repeat(repeat);
     let quotes = MemorySource::from_framed(market.quotes)?;
-    let mut engine = Engine::new();
-    if let Some(n) = opts.run.cores {
-        engine = engine.cores(n);
-    }
+    let engine = crate::bench::engine_on(&opts.run);
     let start = Instant::now();
     let running = engine.start(
         market_spread(),
@@ -327,9 +323,12 @@ fn run_in_process(opts: &MarketBenchOptions, market: Market) -> Result<MarketBen
     let orders_sent = opts.gen.orders * repeat as u64;
     Ok(MarketBenchReport {
         mode: "in-process".into(),
+        clients: format!(
+            "server on CPU {}; memory sources (orders, quotes side by side) and a discarding \
+             sink, no sockets",
+            bettong_engine::placement::CpuList(&cpus)
+        ),
         server_cpus: cpus,
-        clients: "memory sources (orders, quotes side by side) and a discarding sink, no sockets"
-            .into(),
         data: market.describe,
         phases: vec![MarketPhase {
             frames_in: t.frames_in,
@@ -511,11 +510,15 @@ fn run_loopback(opts: &MarketBenchOptions, market: Market) -> Result<MarketBench
     let probes = Arc::new(Probes::new(
         (opts.run.duration.as_millis() as usize + 2000).max(4096),
     ));
+    let place = crate::bench::placement(&opts.run)?;
+    // The sink, sender and probe threads are started by this thread, so they inherit its CPUs.
+    let _pinned = place.pin_clients()?;
     let sink = ResultSink::start(probes.clone())?;
     let server = super::serve::start(&ServeOptions {
         input: "Orders@127.0.0.1:0,Nbbo@127.0.0.1:0".into(),
         output: sink.addr.to_string(),
-        cores: opts.run.cores,
+        cores: None,
+        cpus: Some(place.server.clone()),
         max_frame: bettong_engine::codec::DEFAULT_MAX_FRAME,
         resilience_dir: None,
         checkpoint_interval: Duration::from_secs(1),
@@ -527,12 +530,10 @@ fn run_loopback(opts: &MarketBenchOptions, market: Market) -> Result<MarketBench
     };
     let metrics = server.metrics().clone();
     let server_cpus = server.cpus().to_vec();
-    let clients = format!(
-        "order sender ({} connections), quote sender, probe sender and result sink threads \
-         unpinned, sharing CPUs {:?}",
-        opts.run.connections.max(1),
-        bettong_engine::online_cpus()
-    );
+    let clients = place.describe(&format!(
+        "order sender ({} connections), quote sender, probe sender and result sink threads",
+        opts.run.connections.max(1)
+    ));
     let repeat = opts.run.repeat.max(1) as u64;
     let mut phases = Vec::new();
 

@@ -5,8 +5,11 @@
 
 mod support;
 
+mod bench_placement;
 mod engine_api;
+mod engine_balance;
 mod engine_general;
+mod engine_stages;
 mod hardening_checkpoints;
 mod hardening_commit;
 mod hardening_flags;

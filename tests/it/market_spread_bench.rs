@@ -140,5 +140,7 @@ fn loopback_delivers_every_expected_result_and_times_probes() {
     assert_eq!(j["per_core"].as_array().unwrap().len(), 2);
     let table = r.table();
     assert!(table.contains("fixed rate (2000/s)"), "{table}");
-    assert!(table.contains("unpinned"), "{table}");
+    // Both of this machine's CPUs serve (--cores 2), so the clients share them; said as such.
+    assert!(table.contains("shared with the server"), "{table}");
+    assert!(table.contains("records_in"), "{table}");
 }

@@ -220,8 +220,10 @@ mod tests {
     }
 
     fn sample(cores: Vec<Part>) -> Sample {
-        let mut total = Part::default();
-        total.per_s = vec![("frames_in", cores.iter().map(|c| c.rate("frames_in")).sum())];
+        let mut total = Part {
+            per_s: vec![("frames_in", cores.iter().map(|c| c.rate("frames_in")).sum())],
+            ..Default::default()
+        };
         for c in &cores {
             total.now += c.now;
         }

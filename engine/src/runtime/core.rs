@@ -24,6 +24,7 @@ use crate::shutdown::{Shutdown, StopHandle};
 use crate::sink::{run_memory_sink, run_tcp_sink, SinkConfig, SinkPort};
 use crate::source::SourceConfig;
 use crate::tcp;
+use crate::tcp::balance::OpenCounts;
 use crate::worker::{drain_peer, run_forwarder, Worker};
 use crate::Error;
 
@@ -43,6 +44,8 @@ pub(crate) struct CoreSetup<A: App> {
     pub ck: Option<CoreCkSetup<A>>,
     /// With a file source: which ranges each core reads.
     pub file: Option<Arc<FilePlan>>,
+    /// Per source: a TCP source's open connections per core, shared to balance them.
+    pub balance: Vec<Option<Arc<OpenCounts>>>,
 }
 
 /// What a core thread hands back: its index and its memory-sink output.
@@ -116,7 +119,10 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
         let task = match cfg {
             SourceConfig::Tcp(cfg) => match tcp::listen(&cfg, index) {
                 Ok(listener) => {
-                    glommio::spawn_local(async move { tcp::run(w, source, listener, cfg).await })
+                    let counts = s.balance.get(source).cloned().flatten();
+                    glommio::spawn_local(
+                        async move { tcp::run(w, source, listener, cfg, counts).await },
+                    )
                 }
                 Err(e) => {
                     failed.get_or_insert(e);

@@ -26,6 +26,7 @@ use crate::routing::{Envelope, Router, DEFAULT_MAX_KEY_BYTES};
 use crate::shutdown::StopHandle;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
+use crate::tcp::balance::OpenCounts;
 use crate::Error;
 
 /// The sources of a run: one [`SourceConfig`], or one per source of a merged pipeline (in
@@ -76,11 +77,13 @@ impl<const N: usize> IntoSources for [SourceConfig; N] {
 #[derive(Debug, Clone)]
 pub struct Engine {
     cores: Option<usize>,
+    cpus: Option<Vec<usize>>,
     ring_capacity: usize,
     sink_queue: usize,
     seed: Option<u64>,
     max_key_bytes: usize,
     spin_before_park: Option<Duration>,
+    balance_connections: bool,
 }
 
 /// The hash seed every engine used before seeds were random and recorded in checkpoints: a
@@ -91,13 +94,26 @@ impl Default for Engine {
     fn default() -> Self {
         Engine {
             cores: None,
+            cpus: None,
             ring_capacity: 32,
             sink_queue: 16,
             seed: None,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
-            spin_before_park: None,
+            spin_before_park: spin_from_env(),
+            balance_connections: std::env::var("BETTONG_BALANCE").is_ok_and(|v| v == "1"),
         }
     }
+}
+
+/// `BETTONG_SPIN_BEFORE_PARK_US=N`: the default [`Engine::spin_before_park`], for measuring
+/// the cost of parking an idle executor (a knob of tuning.md); unset or 0: no spinning.
+fn spin_from_env() -> Option<Duration> {
+    let us: u64 = std::env::var("BETTONG_SPIN_BEFORE_PARK_US")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (us > 0).then(|| Duration::from_micros(us.min(1_000_000)))
 }
 
 /// The CPUs this process may run on, in order.
@@ -120,9 +136,21 @@ impl Engine {
         Self::default()
     }
 
-    /// Runs on `n` cores (pinned to the first `n` online CPUs).
+    /// Runs on `n` cores (pinned to the first `n` online CPUs, or of the [`Engine::cpus`]).
     pub fn cores(mut self, n: usize) -> Self {
         self.cores = Some(n);
+        self
+    }
+
+    /// Runs on these CPUs, one core pinned to each (all of them unless [`Engine::cores`] asks
+    /// for fewer), instead of the first online ones. They need not be CPUs the calling thread
+    /// may use, only CPUs the machine has online
+    /// ([`placement::system_cpus`](crate::placement::system_cpus)).
+    pub fn cpus(mut self, cpus: impl Into<Vec<usize>>) -> Self {
+        let mut cpus = cpus.into();
+        cpus.sort_unstable();
+        cpus.dedup();
+        self.cpus = Some(cpus);
         self
     }
 
@@ -160,6 +188,15 @@ impl Engine {
     /// How long an idle executor spins before it parks (glommio's `spin_before_park`).
     pub fn spin_before_park(mut self, d: Duration) -> Self {
         self.spin_before_park = Some(d);
+        self
+    }
+
+    /// Hands each accepted TCP connection to the core with the fewest open, when it has fewer
+    /// than the core that accepted it (`tcp/balance.rs`). Off by default (`BETTONG_BALANCE=1`
+    /// turns it on) until `hardening_partial_frames` is shown to pass with it on a quiet
+    /// machine (see README, "Connections balanced over the cores").
+    pub fn balance_connections(mut self, on: bool) -> Self {
+        self.balance_connections = on;
         self
     }
 
@@ -240,7 +277,16 @@ impl Engine {
         sink: SinkConfig,
         checkpoints: Option<(Checkpoints, CkOps<A::Chain>)>,
     ) -> Result<Running, Error> {
-        let cpus = online_cpus();
+        let cpus = match &self.cpus {
+            None => online_cpus(),
+            Some(cpus) => {
+                let online = crate::placement::system_cpus();
+                if let Some(&cpu) = cpus.iter().find(|c| !online.contains(c)) {
+                    return Err(Error::CpuOffline { cpu, online });
+                }
+                cpus.clone()
+            }
+        };
         let n = self.cores.unwrap_or(cpus.len());
         if n == 0 {
             return Err(Error::NoCores);
@@ -355,6 +401,13 @@ impl Engine {
         drop(chain);
         let file_plan = file_plan.map(Arc::new);
         let mesh = FullMesh::<Envelope>::full(n, self.ring_capacity);
+        let balance: Vec<Option<Arc<OpenCounts>>> = sources
+            .iter()
+            .map(|s| {
+                (self.balance_connections && matches!(s, SourceConfig::Tcp(_)))
+                    .then(|| Arc::new(OpenCounts::new(n)))
+            })
+            .collect();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(n);
         for (i, &cpu) in cpus.iter().take(n).enumerate() {
@@ -371,6 +424,7 @@ impl Engine {
                 cores: n,
                 ck: ck_setup.clone(),
                 file: file_plan.clone(),
+                balance: balance.clone(),
             };
             let mut builder =
                 LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("bettong-{i}"));

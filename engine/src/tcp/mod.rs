@@ -40,6 +40,7 @@
 //! (`connections_truncated`). On shutdown the core stops accepting, stops reading, decodes what
 //! the backend had already received, and returns once every connection has.
 
+pub(crate) mod balance;
 pub(crate) mod log_limit;
 mod recv;
 pub(crate) mod uring;
@@ -47,14 +48,15 @@ pub(crate) mod uring;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 
+use self::balance::{Handoff, OpenCounts};
 use crate::codec::FrameTooLarge;
 use crate::metrics::CoreMetrics;
 use crate::notify::Notify;
@@ -198,21 +200,24 @@ pub(crate) fn listen(cfg: &TcpSourceConfig, core: usize) -> Result<Listener, cra
 /// Accepts and reads connections until shutdown, then waits for every connection to finish
 /// what it had received.
 /// Runs source `source` of the pipeline on this core: accepts and reads until the stop.
+/// `counts` are the source's open connections per core, shared to balance them
+/// ([`balance`]).
 pub(crate) async fn run<A: App>(
     worker: Rc<Worker<A>>,
     source: usize,
     listener: Listener,
     cfg: TcpSourceConfig,
+    counts: Option<Arc<OpenCounts>>,
 ) {
     match listener {
         Listener::Glommio(l) => {
             let accept = recv::RecvAccept::new(l, &cfg);
-            serve(worker, source, accept, cfg).await;
+            serve(worker, source, accept, cfg, counts).await;
         }
         Listener::Uring(l) => {
             let ring = l.ring().clone();
             let driver = glommio::spawn_local(ring.clone().drive());
-            serve(worker, source, l.into_accept(&cfg), cfg).await;
+            serve(worker, source, l.into_accept(&cfg), cfg, counts).await;
             ring.close();
             driver.await;
         }
@@ -225,6 +230,8 @@ pub(crate) trait Accept {
     type Conn: Connection + 'static;
     /// Waits for the next connection and its peer. Cancel-safe: it is raced with the stop.
     async fn accept(&mut self) -> io::Result<(Self::Conn, SocketAddr)>;
+    /// A connection another core accepted and handed over ([`balance`]), read here.
+    fn adopt(&self, fd: OwnedFd) -> io::Result<Self::Conn>;
     /// Stops accepting; connections the kernel accepted meanwhile are closed unread.
     async fn close(self);
 }
@@ -242,6 +249,11 @@ pub(crate) trait Connection {
     /// Hands the frames received so far to `on_frame` (about one read buffer's worth at most).
     /// `Err` when the connection ended (the frames before the end have been handed over).
     fn decode(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<(), Ended>;
+    /// When the core saw the oldest bytes the next [`Connection::decode`] hands over (a
+    /// receive's completion), for the arrival → decode stage; None when unknown.
+    fn arrived(&self) -> Option<Instant> {
+        None
+    }
     /// The core is stopping: ask the socket for no more bytes.
     fn stop(&mut self);
     /// After [`Connection::stop`]: waits for what the socket had already received; false once
@@ -252,6 +264,11 @@ pub(crate) trait Connection {
     async fn after_step(&mut self) {}
     /// Closes the connection.
     async fn close(self);
+    /// The socket of a connection not read yet, to hand to another core; the connection back
+    /// if it cannot be taken apart.
+    fn into_fd(self) -> Result<OwnedFd, Self>
+    where
+        Self: Sized;
 }
 
 /// Why a connection's reading ended.
@@ -405,11 +422,18 @@ impl Drop for TaskGuard {
 }
 
 /// The accept loop: accepts until shutdown, refusing connections over the per-core limit.
+/// How the accept loop got a connection.
+enum Got<C> {
+    Accepted(io::Result<(C, SocketAddr)>),
+    HandedOver(Handoff),
+}
+
 async fn serve<A: App, L: Accept>(
     worker: Rc<Worker<A>>,
     source: usize,
     mut listener: L,
     cfg: TcpSourceConfig,
+    counts: Option<Arc<OpenCounts>>,
 ) {
     let tasks = Rc::new(TaskCount::default());
     let budget = Rc::new(PartialBudget::new(cfg.partial_frame_budget));
@@ -418,15 +442,42 @@ async fn serve<A: App, L: Accept>(
     // `or` prefers its first future: without this check a steady stream of connections would
     // keep the loop from ever seeing the stop.
     while !worker.shutdown.is_triggered() {
-        let accepted = or(async { Some(listener.accept().await) }, async {
-            worker.shutdown.wait().await;
-            None
-        })
+        let accepted = or(
+            async { Some(Got::Accepted(listener.accept().await)) },
+            or(
+                async { Some(Got::HandedOver(worker.inbox.next(source).await)) },
+                async {
+                    worker.shutdown.wait().await;
+                    None
+                },
+            ),
+        )
         .await;
         let (conn, peer) = match accepted {
             None => break,
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
+            Some(Got::HandedOver(h)) => match listener.adopt(h.fd) {
+                Ok(conn) => (conn, h.peer),
+                Err(e) => {
+                    tracing::warn!(
+                        core,
+                        peer = %h.peer,
+                        "core {core}: cannot read the connection from {} another core handed \
+                         over: {e}; it is closed",
+                        h.peer
+                    );
+                    if let Some(c) = &counts {
+                        c.closed(core);
+                    }
+                    continue;
+                }
+            },
+            Some(Got::Accepted(Ok((conn, peer)))) => {
+                match balance(&worker, &listener, source, &counts, conn, peer) {
+                    Some(conn) => (conn, peer),
+                    None => continue,
+                }
+            }
+            Some(Got::Accepted(Err(e))) => {
                 // Out of file descriptors and the like: say so, back off briefly, go on.
                 if let Some(held_back) = may_log(LogKind::Accept) {
                     tracing::warn!(
@@ -453,6 +504,9 @@ async fn serve<A: App, L: Accept>(
                     LogLimit::note(held_back)
                 );
             }
+            if let Some(c) = &counts {
+                c.closed(core);
+            }
             conn.close().await;
             continue;
         }
@@ -468,6 +522,9 @@ async fn serve<A: App, L: Accept>(
                     LogLimit::note(held_back)
                 );
             }
+            if let Some(c) = &counts {
+                c.closed(core);
+            }
             conn.close().await;
             glommio::yield_if_needed().await;
             continue;
@@ -476,11 +533,15 @@ async fn serve<A: App, L: Accept>(
         CoreMetrics::add(&m.connections_open, 1);
         let guard = tasks.enter();
         let (worker, cfg, budget) = (worker.clone(), cfg.clone(), budget.clone());
+        let counts = counts.clone();
         glommio::spawn_local(async move {
             let slot = budget.register();
             read_connection(&worker, source, conn, peer, &cfg, &budget, &slot).await;
             budget.unregister(&slot);
             CoreMetrics::sub(&worker.metrics.core(worker.index).connections_open, 1);
+            if let Some(c) = &counts {
+                c.closed(worker.index);
+            }
             drop(guard);
         })
         .detach();
@@ -495,6 +556,56 @@ async fn serve<A: App, L: Accept>(
         cfg.addr
     );
     tasks.wait_idle().await;
+}
+
+/// Places a connection this core accepted ([`balance`]): None once it was handed to a core
+/// with fewer open connections (or lost on the way back, logged), else the connection, to read
+/// here.
+fn balance<A: App, L: Accept>(
+    worker: &Worker<A>,
+    listener: &L,
+    source: usize,
+    counts: &Option<Arc<OpenCounts>>,
+    conn: L::Conn,
+    peer: SocketAddr,
+) -> Option<L::Conn> {
+    let (Some(counts), false) = (counts, worker.shutdown.is_triggered()) else {
+        return Some(conn);
+    };
+    let me = worker.index;
+    let to = counts.place(me);
+    if to == me {
+        return Some(conn);
+    }
+    let fd = match conn.into_fd() {
+        Ok(fd) => fd,
+        Err(conn) => {
+            counts.moved(to, me);
+            return Some(conn);
+        }
+    };
+    match worker.hand_off(to, Handoff { source, fd, peer }) {
+        Ok(()) => {
+            CoreMetrics::add(&worker.metrics.core(me).connections_handed_off, 1);
+            None
+        }
+        Err(h) => {
+            // The ring to that core is full: read it here after all.
+            counts.moved(to, me);
+            match listener.adopt(h.fd) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    counts.closed(me);
+                    tracing::warn!(
+                        core = me,
+                        "core {me}: cannot read the connection from {peer} here either: {e}; \
+                         it is closed"
+                    );
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// What waiting for the client gave.
@@ -593,6 +704,7 @@ async fn read_connection<A: App, C: Connection>(
         // Decode only while the sink can take more: a stalled sink stops the reading here.
         let mut completed = false;
         let step = read_step(worker, source, &peer, |on_frame| {
+            worker.note_arrival(conn.arrived());
             conn.decode(&mut |frame| {
                 completed = true;
                 on_frame(frame)

@@ -36,6 +36,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures_lite::future::or;
 use glommio::io::BufferedFile;
@@ -69,6 +70,8 @@ pub(crate) struct Completion {
     pub flags: u32,
     /// The provided buffer holding the received bytes; it goes back to the kernel when dropped.
     pub buf: Option<Buf>,
+    /// When this core reaped it: the bytes' arrival as the core sees it.
+    pub at: Instant,
 }
 
 impl Completion {
@@ -325,6 +328,7 @@ impl Ring {
                     }
                 }
                 let mut ops = self.ops.borrow_mut();
+                let at = Instant::now();
                 for cqe in uring.completion() {
                     seen += 1;
                     ops.complete(
@@ -333,6 +337,7 @@ impl Ring {
                         cqe.flags(),
                         &self.bufs,
                         &mut wakers,
+                        at,
                     );
                 }
                 drop(ops);
@@ -460,6 +465,17 @@ impl Op {
     /// The next queued completion, without waiting.
     pub(crate) fn try_next(&self) -> Option<Completion> {
         self.ring.ops.borrow_mut().slot(self.key).queue.pop_front()
+    }
+
+    /// When the oldest queued completion was reaped, if one is queued.
+    pub(crate) fn first_at(&self) -> Option<Instant> {
+        self.ring
+            .ops
+            .borrow_mut()
+            .slot(self.key)
+            .queue
+            .front()
+            .map(|c| c.at)
     }
 
     /// True when a completion is queued (after looking at the completion queue).
@@ -619,6 +635,7 @@ impl OpTable {
         flags: u32,
         bufs: &Option<Rc<BufRing>>,
         wakers: &mut Vec<Waker>,
+        at: Instant,
     ) {
         if key == IGNORED {
             return;
@@ -644,7 +661,12 @@ impl OpTable {
             }
             return;
         }
-        slot.queue.push_back(Completion { res, flags, buf });
+        slot.queue.push_back(Completion {
+            res,
+            flags,
+            buf,
+            at,
+        });
         slot.done |= last;
         if let Some(w) = slot.waker.take() {
             wakers.push(w);

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,21 @@ pub(crate) struct UringAccept {
     pass_bytes: usize,
 }
 
+impl UringAccept {
+    fn conn(&self, stream: Socket) -> UringConn {
+        UringConn {
+            ring: self.ring.clone(),
+            stream,
+            recv: None,
+            carry: Reassembly::default(),
+            decoder: self.decoder,
+            pass_bytes: self.pass_bytes,
+            stopping: false,
+            reactor_seen: Instant::now(),
+        }
+    }
+}
+
 impl Accept for UringAccept {
     type Conn = UringConn;
 
@@ -131,18 +146,12 @@ impl Accept for UringAccept {
                 .ok()
                 .and_then(|a| a.as_socket())
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-            let conn = UringConn {
-                ring: self.ring.clone(),
-                stream,
-                recv: None,
-                carry: Reassembly::default(),
-                decoder: self.decoder,
-                pass_bytes: self.pass_bytes,
-                stopping: false,
-                reactor_seen: Instant::now(),
-            };
-            return Ok((conn, peer));
+            return Ok((self.conn(stream), peer));
         }
+    }
+
+    fn adopt(&self, fd: OwnedFd) -> io::Result<UringConn> {
+        Ok(self.conn(Socket::from(fd)))
     }
 
     async fn close(self) {
@@ -254,6 +263,10 @@ impl Connection for UringConn {
         Ok(())
     }
 
+    fn arrived(&self) -> Option<Instant> {
+        self.recv.as_ref().and_then(Op::first_at)
+    }
+
     fn stop(&mut self) {
         self.stopping = true;
         if let Some(op) = &self.recv {
@@ -282,6 +295,15 @@ impl Connection for UringConn {
             glommio::timer::sleep(Duration::from_micros(1)).await;
             self.reactor_seen = Instant::now();
         }
+    }
+
+    /// Only before the first receive is armed: a live request would go on filling buffers for
+    /// a socket this core no longer reads.
+    fn into_fd(self) -> Result<OwnedFd, Self> {
+        if self.recv.is_some() {
+            return Err(self);
+        }
+        Ok(OwnedFd::from(self.stream))
     }
 
     /// The receive must be over before the socket closes (the kernel holds the socket, not the

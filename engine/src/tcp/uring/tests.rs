@@ -103,6 +103,7 @@ where
                 0,
                 tcp::Listener::Uring(listener),
                 cfg,
+                None,
             ));
             let deadline = Instant::now() + Duration::from_secs(20);
             while !done(&metrics.core(0).snapshot()) {
