@@ -12,6 +12,7 @@ pub mod cli;
 pub mod corpus;
 pub mod demo;
 pub mod market_spread;
+pub mod nats;
 pub mod probes;
 pub mod receive;
 pub mod send;

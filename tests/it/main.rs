@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cluster_nats;
 mod engine_api;
 mod engine_general;
 mod hardening_checkpoints;

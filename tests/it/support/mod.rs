@@ -9,6 +9,7 @@
 //! - [`check`]: compute the reference counts and compare output with them.
 //! - [`memory`]: the server's resident memory.
 //! - [`sh_server`]: a server started through `sh -c`, with its own limits or environment.
+//! - [`nats`]: a real nats-server and the cluster commands that use it.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub mod check;
 pub mod corpus;
 pub mod market;
 pub mod memory;
+pub mod nats;
 pub mod net;
 pub mod receiver;
 pub mod server;

@@ -1,0 +1,339 @@
+//! The cluster on NATS JetStream (`spec/cluster.md`) against a real `nats-server` and the real
+//! binary: exact counts and gap-free output through joins, SIGTERM leaves, kill -9, a member
+//! paused past its lease (fencing), a nats-server restart, and bad input messages.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::nats::{
+    member, run_bettong, send_file, settled, validate, wait_status, NatsServer,
+};
+use crate::support::{frame_all, random_message, reference_counts, Rng, WAIT};
+
+/// Key and input partitions of the test jobs: small, so every member owns several of each.
+const P: &str = "16";
+const I: u32 = 4;
+
+/// How long a job may take to settle (rebalance, catch up) after an event.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The member flags every test uses: short leases and checkpoints, to keep the tests short.
+fn flags() -> Vec<&'static str> {
+    vec![
+        "--partitions",
+        P,
+        "--in-partitions",
+        "4",
+        "--lease-ttl",
+        "2s",
+        "--checkpoint-interval",
+        "300ms",
+    ]
+}
+
+/// A corpus in `parts` framed files, and the reference counts of all of them in a JSON file.
+struct Corpus {
+    parts: Vec<PathBuf>,
+    counts: PathBuf,
+}
+
+impl Corpus {
+    /// `parts` files of `per_part` random messages; `extra` (already framed, possibly bad)
+    /// becomes one more part, its valid frames counted in the reference.
+    fn new(
+        dir: &Path,
+        seed: u64,
+        parts: usize,
+        per_part: usize,
+        extra: Option<(Vec<u8>, Vec<&[u8]>)>,
+    ) -> Corpus {
+        let mut rng = Rng::new(seed);
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut add = |payloads: &[&[u8]]| {
+            for (w, n) in reference_counts(payloads.iter().copied()) {
+                *counts.entry(w).or_insert(0) += n;
+            }
+        };
+        let mut files = Vec::new();
+        for k in 0..parts {
+            let msgs: Vec<String> = (0..per_part)
+                .map(|_| random_message(&mut rng, 1, 12))
+                .collect();
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_bytes()).collect();
+            add(&refs);
+            let path = dir.join(format!("part{k}.bin"));
+            std::fs::write(&path, frame_all(&msgs)).expect("write a corpus part");
+            files.push(path);
+        }
+        if let Some((framed, valid)) = extra {
+            add(&valid);
+            let path = dir.join("extra.bin");
+            std::fs::write(&path, framed).expect("write the extra part");
+            files.push(path);
+        }
+        let path = dir.join("counts.json");
+        std::fs::write(&path, serde_json::to_vec(&counts).expect("counts")).expect("write counts");
+        Corpus {
+            parts: files,
+            counts: path,
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("seed {s}");
+    s
+}
+
+#[track_caller]
+fn assert_valid(url: &str, corpus: &Corpus, no_repeats: bool) -> serde_json::Value {
+    let (ok, report, err) = validate(url, &corpus.counts, no_repeats);
+    assert!(ok, "the output check failed: {report}\n{err}");
+    assert_eq!(report["gaps"], 0, "{report}");
+    assert_eq!(report["count_mismatches"], 0, "{report}");
+    assert_eq!(report["stale_epoch_messages"], 0, "{report}");
+    report
+}
+
+#[test]
+fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc1");
+    run_bettong(
+        &[
+            "cluster",
+            "create",
+            "--nats",
+            &url,
+            "--job",
+            "one",
+            "--partitions",
+            P,
+            "--in-partitions",
+            "4",
+        ],
+        false,
+    );
+    let (ok, _, err) = run_bettong(
+        &[
+            "cluster",
+            "create",
+            "--nats",
+            &url,
+            "--job",
+            "one",
+            "--partitions",
+            "9",
+            "--in-partitions",
+            "4",
+        ],
+        true,
+    );
+    assert!(
+        !ok && err.contains("--partitions 16"),
+        "other settings must be refused: {err}"
+    );
+    let (ok, _, err) = run_bettong(
+        &["serve", "--in", &url, "--out", &url, "--job", "one"],
+        true,
+    );
+    assert!(
+        !ok && err.contains("--partitions 64"),
+        "a member with other settings must refuse to run: {err}"
+    );
+
+    // One message: a good frame, a frame that is not UTF-8, another good frame, then a
+    // truncated frame (sent as a message of its own by `send`).
+    let good: [&[u8]; 2] = [b"Bad input, good words", b"more GOOD words"];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1]]);
+    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    for part in &corpus.parts {
+        send_file(&url, part, I);
+    }
+    let mut m = member(&url, "one", &flags());
+    let (s, took) = wait_status(&nats, "one", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "one member did not own everything and catch up: {s}"
+    );
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(report["repeats"], 0, "{report}");
+    m.signal("TERM");
+    assert!(
+        m.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        m.stderr()
+    );
+    let stopped = m.event("stopped").expect("a stopped line");
+    assert_eq!(stopped["metrics"]["frames_rejected"], 2, "{stopped}");
+    assert_eq!(stopped["metrics"]["fenced"], 0, "{stopped}");
+    assert!(
+        m.stderr().contains("is not UTF-8"),
+        "the bad frame is logged: {}",
+        m.stderr()
+    );
+    let (s, _) = wait_status(&nats, "one", WAIT, |s| {
+        s["members"].as_array().is_some_and(|m| m.is_empty())
+    });
+    assert_eq!(
+        s["unowned_partitions"],
+        16 + I,
+        "a clean leave releases everything: {s}"
+    );
+}
+
+#[test]
+fn cluster_clean_join_and_leave_repeat_no_output() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc2");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let mut a = member(&url, "clean", &flags());
+    send_file(&url, &corpus.parts[0], I);
+    let b = member(&url, "clean", &flags());
+    let t0 = Instant::now();
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the job did not rebalance onto 2 members: {s}"
+    );
+    eprintln!("join: balanced and caught up after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(11),
+        "a join must balance within 10 s + a checkpoint interval"
+    );
+    send_file(&url, &corpus.parts[1], I);
+    a.signal("TERM");
+    let t0 = Instant::now();
+    assert!(
+        a.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0 after the hand-over: {}",
+        a.stderr()
+    );
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "the leave's partitions were not taken over: {s}"
+    );
+    eprintln!("leave: taken over and caught up after {:?}", t0.elapsed());
+    send_file(&url, &corpus.parts[2], I);
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 1));
+    assert!(took.is_some(), "the last part was not consumed: {s}");
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(
+        report["repeats"], 0,
+        "clean joins and leaves repeat nothing: {report}"
+    );
+    drop(b);
+}
+
+#[test]
+fn cluster_grows_shrinks_and_survives_kill_9_twice() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc3");
+    let mut rng = Rng::new(seed());
+    let corpus = Corpus::new(&nats.dir, rng.next_u64(), 5, 1500, None);
+    let f = flags();
+    let a = member(&url, "big", &f);
+    let mut b = member(&url, "big", &f);
+    let c = member(&url, "big", &f);
+    send_file(&url, &corpus.parts[0], I);
+    let d = member(&url, "big", &f); // joins mid-stream
+    send_file(&url, &corpus.parts[1], I);
+    b.signal("TERM");
+    assert!(
+        b.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        b.stderr()
+    );
+    send_file(&url, &corpus.parts[2], I);
+    std::thread::sleep(Duration::from_millis(rng.range(0, 1500) as u64));
+    c.signal("KILL");
+    send_file(&url, &corpus.parts[3], I);
+    let c2 = member(&url, "big", &f); // the same member restarted, killed again
+    std::thread::sleep(Duration::from_millis(rng.range(500, 3000) as u64));
+    c2.signal("KILL");
+    let t0 = Instant::now();
+    send_file(&url, &corpus.parts[4], I);
+    let (s, took) = wait_status(&nats, "big", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the survivors did not take everything over and catch up: {s}"
+    );
+    eprintln!(
+        "kill -9: taken over and caught up {:?} after the kill",
+        t0.elapsed()
+    );
+    let report = assert_valid(&url, &corpus, false);
+    eprintln!("output after two kills: {report}");
+    drop((a, c, d));
+}
+
+#[test]
+fn cluster_fences_a_member_paused_past_its_lease() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc4");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let a = member(&url, "fence", &flags());
+    let b = member(&url, "fence", &flags());
+    send_file(&url, &corpus.parts[0], I);
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "2 members did not settle: {s}");
+    b.signal("STOP");
+    send_file(&url, &corpus.parts[1], I);
+    // The lease is 2 s: A takes everything over once B's leases run out.
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "A did not take the paused member's partitions: {s}"
+    );
+    let resumed = Instant::now();
+    b.signal("CONT");
+    let line = b.wait_for_stderr_line(|l| l.contains("fenced:"), Duration::from_secs(5));
+    let line = line
+        .unwrap_or_else(|| panic!("the resumed member logged no fencing error: {}", b.stderr()));
+    assert!(
+        resumed.elapsed() < Duration::from_secs(4),
+        "noticed {:?} after resuming",
+        resumed.elapsed()
+    );
+    assert!(
+        line.contains("partition"),
+        "the error names the partition: {line}"
+    );
+    send_file(&url, &corpus.parts[2], I);
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "the fenced member did not rejoin: {s}");
+    // No message of an older epoch after a newer one on any output subject: the stale owner
+    // published nothing after the take-over.
+    assert_valid(&url, &corpus, false);
+    drop(a);
+}
+
+#[test]
+fn cluster_survives_a_nats_server_restart() {
+    let mut nats = NatsServer::start();
+    let url = nats.url("wc5");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let a = member(&url, "restart", &flags());
+    let b = member(&url, "restart", &flags());
+    send_file(&url, &corpus.parts[0], I);
+    let (s, took) = wait_status(&nats, "restart", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "2 members did not settle: {s}");
+    send_file(&url, &corpus.parts[1], I);
+    nats.restart(Duration::from_millis(500));
+    send_file(&url, &corpus.parts[2], I);
+    let (s, took) = wait_status(&nats, "restart", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the members did not recover after the restart: {s}\n{}\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    assert_valid(&url, &corpus, false);
+}
