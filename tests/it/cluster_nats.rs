@@ -232,34 +232,47 @@ fn cluster_clean_join_and_leave_repeat_no_output() {
     drop(b);
 }
 
+/// Sends `parts` one after another from a thread, `pause` apart, so that the test's events
+/// happen while input flows.
+fn feed(url: &str, parts: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
+    let (url, parts) = (url.to_string(), parts.to_vec());
+    std::thread::spawn(move || {
+        for part in &parts {
+            send_file(&url, part, I);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
 #[test]
 fn cluster_grows_shrinks_and_survives_kill_9_twice() {
     let nats = NatsServer::start();
     let url = nats.url("wc3");
     let mut rng = Rng::new(seed());
-    let corpus = Corpus::new(&nats.dir, rng.next_u64(), 5, 1500, None);
+    let corpus = Corpus::new(&nats.dir, rng.next_u64(), 16, 1000, None);
     let f = flags();
     let a = member(&url, "big", &f);
     let mut b = member(&url, "big", &f);
     let c = member(&url, "big", &f);
-    send_file(&url, &corpus.parts[0], I);
+    let feeder = feed(&url, &corpus.parts, Duration::from_millis(400));
+    let mut at = |lo, hi| std::thread::sleep(Duration::from_millis(rng.range(lo, hi) as u64));
+    at(500, 1500);
     let d = member(&url, "big", &f); // joins mid-stream
-    send_file(&url, &corpus.parts[1], I);
+    at(500, 1500);
     b.signal("TERM");
     assert!(
         b.wait_exit(WAIT).success(),
         "SIGTERM must exit 0: {}",
         b.stderr()
     );
-    send_file(&url, &corpus.parts[2], I);
-    std::thread::sleep(Duration::from_millis(rng.range(0, 1500) as u64));
+    at(0, 1500);
     c.signal("KILL");
-    send_file(&url, &corpus.parts[3], I);
+    at(0, 1000);
     let c2 = member(&url, "big", &f); // the same member restarted, killed again
-    std::thread::sleep(Duration::from_millis(rng.range(500, 3000) as u64));
+    at(1000, 3000);
     c2.signal("KILL");
     let t0 = Instant::now();
-    send_file(&url, &corpus.parts[4], I);
+    feeder.join().expect("the feeder failed");
     let (s, took) = wait_status(&nats, "big", SETTLE, |s| settled(s, 2));
     assert!(
         took.is_some(),
@@ -278,14 +291,14 @@ fn cluster_grows_shrinks_and_survives_kill_9_twice() {
 fn cluster_fences_a_member_paused_past_its_lease() {
     let nats = NatsServer::start();
     let url = nats.url("wc4");
-    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let corpus = Corpus::new(&nats.dir, seed(), 12, 1000, None);
     let a = member(&url, "fence", &flags());
     let b = member(&url, "fence", &flags());
-    send_file(&url, &corpus.parts[0], I);
     let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
     assert!(took.is_some(), "2 members did not settle: {s}");
+    let feeder = feed(&url, &corpus.parts[..11], Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(700));
     b.signal("STOP");
-    send_file(&url, &corpus.parts[1], I);
     // The lease is 2 s: A takes everything over once B's leases run out.
     let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 1));
     assert!(
@@ -306,7 +319,8 @@ fn cluster_fences_a_member_paused_past_its_lease() {
         line.contains("partition"),
         "the error names the partition: {line}"
     );
-    send_file(&url, &corpus.parts[2], I);
+    feeder.join().expect("the feeder failed");
+    send_file(&url, &corpus.parts[11], I);
     let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
     assert!(took.is_some(), "the fenced member did not rejoin: {s}");
     // No message of an older epoch after a newer one on any output subject: the stale owner
