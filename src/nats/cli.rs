@@ -71,6 +71,10 @@ pub struct NatsReceiveArgs {
     /// leaves only; after a crash repeats are allowed).
     #[arg(long, requires = "nats")]
     pub no_repeats: bool,
+    /// With --nats: read the input stream PREFIX_in instead and count its frames (the broker's
+    /// own ceiling with the same batching, no Bettong in between).
+    #[arg(long, requires = "nats", conflicts_with = "validate")]
+    pub from_input: bool,
 }
 
 /// `bettong cluster`.
@@ -252,6 +256,7 @@ pub fn receive(a: &crate::cli::ReceiveArgs) -> anyhow::Result<()> {
         expect_lines: a.expect_lines,
         expect_counts,
         no_repeats: n.no_repeats,
+        from_input: n.from_input,
     };
     let report = super::receive::run(&opts)?;
     println!("{}", serde_json::to_string(&report)?);

@@ -131,6 +131,25 @@ pub async fn drive<W: Work>(
     }
 }
 
+/// Publishes `payload` on `subject` for partition `held`, unless its lease is no longer ours by
+/// our own clock (then nothing is published: the fencing rule). Returns the ack to wait for.
+pub async fn publish(
+    ctx: &Ctx,
+    held: &Held,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+    if !held.valid(ctx.margin) {
+        anyhow::bail!(
+            "partition {}: its lease ran out before publishing to {subject}; nothing more is \
+             published for it",
+            held.part.key()
+        );
+    }
+    ctx.js_publish(subject, headers, payload).await
+}
+
 /// Checkpoints `work` and commits it on `held`'s entry; then deletes the checkpoint it replaces.
 async fn checkpoint<W: Work>(
     ctx: &Ctx,

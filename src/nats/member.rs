@@ -57,6 +57,22 @@ pub struct Ctx {
     pub metrics: Metrics,
 }
 
+impl Ctx {
+    /// Publishes through the job's JetStream context, saying where a failure happened.
+    pub async fn js_publish(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
+        self.job
+            .js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))
+    }
+}
+
 struct Task {
     release: watch::Sender<bool>,
     handle: JoinHandle<anyhow::Result<Outcome>>,

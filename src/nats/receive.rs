@@ -32,6 +32,9 @@ pub struct NatsReceiveOptions {
     pub expect_counts: Option<HashMap<String, u64>>,
     /// With `validate`: a repeated value is a failure (after clean joins and leaves only).
     pub no_repeats: bool,
+    /// Read the input stream instead and count its frames as lines: the broker's own ceiling
+    /// with the same batching, no Bettong in between.
+    pub from_input: bool,
 }
 
 /// What was read, and what the checks found.
@@ -115,23 +118,27 @@ async fn receive(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport>
         prefix: prefix.to_string(),
     };
     let (_client, js) = connect(&opts.url.server).await?;
-    let stream = js.get_stream(streams.out_stream()).await.with_context(|| {
+    let (name, filter) = if opts.from_input {
+        (streams.in_stream(), format!("{prefix}.in.*"))
+    } else {
+        (streams.out_stream(), format!("{prefix}.out.*"))
+    };
+    let stream = js.get_stream(&name).await.with_context(|| {
         format!(
-            "no output stream {}: start a member or `bettong cluster create` first",
-            streams.out_stream()
+            "no stream {name}: start a member, `bettong send` or `bettong cluster create` first"
         )
     })?;
     let mut messages = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{prefix}.out.*"),
+            filter_subject: filter,
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", streams.out_stream()))?
+        .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?
         .messages()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", streams.out_stream()))?;
+        .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
     let mut report = NatsReceiveReport::default();
     let mut highest: HashMap<String, u64> = HashMap::new();
     let mut epochs: HashMap<String, u64> = HashMap::new();
@@ -150,6 +157,12 @@ async fn receive(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport>
         first.get_or_insert(last);
         report.messages += 1;
         report.bytes += next.payload.len() as u64;
+        if opts.from_input {
+            report.lines += bettong_engine::codec::frames(&next.payload)
+                .take_while(Result::is_ok)
+                .count() as u64;
+            continue;
+        }
         if opts.validate {
             let epoch = next
                 .headers

@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bettong_engine::codec::frames;
 use bettong_engine::LogLimit;
 
-use super::driver::Work;
+use super::driver::{publish, Work};
 use super::lease::{now_ms, Checkpoint, Held};
 use super::member::Ctx;
 use super::metrics::Metrics;
@@ -99,12 +99,6 @@ impl Splitter {
         last_seq: u64,
         held: &Held,
     ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
-        if !held.valid(self.ctx.margin) {
-            anyhow::bail!(
-                "input partition {}: lease ran out before publishing; nothing more is published",
-                self.i
-            );
-        }
         let payload = self.writers[q].take();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -114,12 +108,7 @@ impl Splitter {
         headers.insert(IN_HEADER, self.i.to_string().as_str());
         let subject = self.ctx.job.names.rp_subject(q as u32);
         Metrics::add(&self.ctx.metrics.repartition_messages, 1);
-        self.ctx
-            .job
-            .js
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))
+        publish(&self.ctx, held, subject, headers, payload).await
     }
 }
 
