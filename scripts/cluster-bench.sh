@@ -5,18 +5,20 @@
 # leave and a kill -9 to balanced ownership. Each measurement gets a fresh nats-server.
 #
 # Usage: scripts/cluster-bench.sh CORPUS [MEMBERS…]   (CORPUS: gen_corpus.py output, with its
-# .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames)
+# .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames;
+# REPEAT default 5: the corpus is sent that many times)
 set -euo pipefail
 B=${BETTONG:-target/release/bettong}
 CORPUS=$1; shift
 MEMBERS=${*:-1 2 3}
 BATCH=${BATCH_BYTES:-6400}
-WORDS=$(python3 -c "import sys; print(sum(int(l.rsplit('\t',1)[1]) for l in open(sys.argv[1])))" "$CORPUS.counts")
+REPEAT=${REPEAT:-5}
+WORDS=$(python3 -c "import sys; print(int(sys.argv[2]) * sum(int(l.rsplit('\t',1)[1]) for l in open(sys.argv[1])))" "$CORPUS.counts" "$REPEAT")
 FRAMES=$(python3 -c "
 import sys, struct
 b = open(sys.argv[1], 'rb').read(); n = i = 0
 while i + 4 <= len(b): i += 4 + struct.unpack('>I', b[i:i+4])[0]; n += 1
-print(n)" "$CORPUS")
+print(n * int(sys.argv[2]))" "$CORPUS" "$REPEAT")
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -41,17 +43,21 @@ wait_status() {
   done
   echo "job $1 did not settle on $2 members" >&2; exit 1
 }
-member() { "$B" serve --in "$1" --out "$1" --job "$2" >/dev/null 2>>"$WORK/members.log" & PIDS+=("$!"); LAST=$!; }
+member() { "$B" serve --in "$1" --out "$1" --job "$2" >/dev/null 2>>"$WORK/members.log" & PIDS+=("$!"); RUN+=("$!"); LAST=$!; }
+# Stops this run's members (SIGTERM: a clean leave while the server is still up).
+stop_members() { for p in "${RUN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${RUN[@]}"; do wait "$p" 2>/dev/null || true; done; RUN=(); }
+RUN=()
 
-echo "corpus $CORPUS: $FRAMES frames, $WORDS words, messages of at most $BATCH bytes"
+echo "corpus $CORPUS x $REPEAT: $FRAMES frames, $WORDS words, messages of at most $BATCH bytes"
 
 start_nats
 URL="nats://127.0.0.1:$PORT/ceil"
+"$B" cluster create --nats "$URL" --job ceil 2>/dev/null   # creates ceil_in before the reader starts
 "$B" receive --nats "$URL" --from-input --expect-lines "$FRAMES" --idle-exit 60 >"$WORK/ceil.json" 2>/dev/null &
 RECV=$!
 sleep 0.5
 T0=$(now)
-"$B" send --nats "$URL" --framed-file "$CORPUS" --batch-bytes "$BATCH" >"$WORK/send.json" 2>/dev/null
+"$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >"$WORK/send.json" 2>/dev/null
 wait "$RECV"
 T1=$(now)
 python3 - "$T0" "$T1" "$WORDS" "$WORK/send.json" <<'PY'
@@ -73,17 +79,18 @@ for M in $MEMBERS; do
   "$B" receive --nats "$URL" --expect-lines "$WORDS" --idle-exit 120 >"$WORK/recv.json" 2>/dev/null &
   RECV=$!
   T0=$(now)
-  "$B" send --nats "$URL" --framed-file "$CORPUS" --batch-bytes "$BATCH" >/dev/null 2>&1
+  "$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
   wait "$RECV"
   T1=$(now)
   python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'$M member(s): $WORDS words in {t:.2f} s: {int(sys.argv[3])/t/1e6:.2f} M words/s end to end')" "$T0" "$T1" "$WORDS"
+  stop_members
   stop_nats
 done
 
 start_nats
 URL="nats://127.0.0.1:$PORT/ev"
 "$B" cluster create --nats "$URL" --job ev 2>/dev/null
-"$B" send --nats "$URL" --framed-file "$CORPUS" --batch-bytes "$BATCH" >/dev/null 2>&1
+"$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
 member "$URL" ev; A=$LAST
 member "$URL" ev; BB=$LAST
 wait_status ev 2
@@ -93,5 +100,12 @@ T0=$(now); kill -TERM "$BB"; wait "$BB"; wait_status ev 2; T1=$(now)
 echo "SIGTERM leave (3 -> 2): balanced, no lag after $(python3 -c "print(f'{$T1-$T0:.2f}')") s"
 T0=$(now); kill -9 "$C"; wait_status ev 1; T1=$(now)
 echo "kill -9 (2 -> 1, lease 5 s): balanced, no lag after $(python3 -c "print(f'{$T1-$T0:.2f}')") s"
-kill -TERM "$A"; wait "$A" || true
+stop_members
 stop_nats
+
+# The single-process figure beside it: the same corpus over loopback TCP, no NATS.
+"$B" bench --framed-file "$CORPUS" --repeat 5 --rate 0 --json 2>/dev/null | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+print(f\"single process over loopback TCP (bettong bench --framed-file CORPUS --repeat 5 --rate 0): \"
+      f\"{r['msgs_per_sec']:,.0f} msgs/s, {r['msgs_per_sec'] * $WORDS / $FRAMES / 1e6:.2f} M words/s\")"

@@ -104,6 +104,62 @@ impl NatsReceiveReport {
     }
 }
 
+/// The per-word and per-subject state of the output checks.
+#[derive(Debug, Default)]
+pub struct OutputCheck {
+    /// Per word, its highest value so far.
+    pub highest: HashMap<String, u64>,
+    /// Per subject, the highest epoch so far.
+    epochs: HashMap<String, u64>,
+}
+
+impl OutputCheck {
+    /// Checks one output message: its epoch (if it has one) against its subject's, and each of
+    /// its lines against its word's values so far.
+    pub fn message(
+        &mut self,
+        report: &mut NatsReceiveReport,
+        subject: &str,
+        epoch: Option<u64>,
+        text: &str,
+    ) {
+        if let Some(epoch) = epoch {
+            let seen = self.epochs.entry(subject.to_string()).or_insert(0);
+            if epoch < *seen {
+                report.stale_epoch_messages += 1;
+                let seen = *seen;
+                report.problem(format!(
+                    "a message of epoch {epoch} on {subject} after one of epoch {seen}"
+                ));
+            }
+            let seen = self.epochs.entry(subject.to_string()).or_insert(0);
+            *seen = (*seen).max(epoch);
+        }
+        for line in text.lines() {
+            report.lines += 1;
+            let parsed = line
+                .rsplit_once(" => ")
+                .and_then(|(w, c)| c.parse::<u64>().ok().map(|c| (w, c)));
+            let Some((word, value)) = parsed else {
+                report.malformed += 1;
+                report.problem(format!("malformed line {line:?}"));
+                continue;
+            };
+            let top = self.highest.entry(word.to_string()).or_insert(0);
+            if value <= *top {
+                report.repeats += 1;
+            } else if value == *top + 1 {
+                *top = value;
+            } else {
+                let was = *top;
+                *top = value;
+                report.gaps += 1;
+                report.problem(format!("{word:?} went from {was} to {value}"));
+            }
+        }
+    }
+}
+
 /// Reads the output stream.
 pub fn run(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -140,8 +196,7 @@ async fn receive(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport>
         .await
         .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
     let mut report = NatsReceiveReport::default();
-    let mut highest: HashMap<String, u64> = HashMap::new();
-    let mut epochs: HashMap<String, u64> = HashMap::new();
+    let mut check = OutputCheck::default();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
     loop {
@@ -163,54 +218,23 @@ async fn receive(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport>
                 .count() as u64;
             continue;
         }
-        if opts.validate {
-            let epoch = next
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(EPOCH_HEADER))
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            if let Some(epoch) = epoch {
-                let seen = epochs.entry(next.subject.to_string()).or_insert(0);
-                if epoch < *seen {
-                    report.stale_epoch_messages += 1;
-                    report.problem(format!(
-                        "a message of epoch {epoch} on {} after one of epoch {seen}",
-                        next.subject
-                    ));
-                }
-                *seen = (*seen).max(epoch);
-            }
-        }
+        let epoch = next
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(EPOCH_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
         let text = String::from_utf8_lossy(&next.payload);
-        for line in text.lines() {
-            report.lines += 1;
-            if !opts.validate {
-                continue;
-            }
-            let parsed = line
-                .rsplit_once(" => ")
-                .and_then(|(w, c)| c.parse::<u64>().ok().map(|c| (w, c)));
-            let Some((word, value)) = parsed else {
-                report.malformed += 1;
-                report.problem(format!("malformed line {line:?}"));
-                continue;
-            };
-            let top = highest.entry(word.to_string()).or_insert(0);
-            if value <= *top {
-                report.repeats += 1;
-            } else if value == *top + 1 {
-                *top = value;
-            } else {
-                report.gaps += 1;
-                report.problem(format!("{word:?} went from {} to {value}", *top));
-                *top = value;
-            }
+        if opts.validate {
+            check.message(&mut report, &next.subject, epoch, &text);
+        } else {
+            report.lines += text.lines().count() as u64;
         }
     }
     if let Some(t0) = first {
         report.seconds = last.duration_since(t0).as_secs_f64();
         report.lines_per_sec = report.lines as f64 / report.seconds.max(1e-9);
     }
+    let highest = check.highest;
     report.words = highest.len() as u64;
     if let (true, Some(expected)) = (opts.validate, &opts.expect_counts) {
         for (word, want) in expected {
@@ -228,4 +252,44 @@ async fn receive(opts: &NatsReceiveOptions) -> anyhow::Result<NatsReceiveReport>
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_repeats_and_catches_gaps_stale_epochs_and_bad_lines() {
+        let mut check = OutputCheck::default();
+        let mut r = NatsReceiveReport::default();
+        check.message(&mut r, "wc.out.1", Some(1), "a => 1\nb => 1\na => 2\n");
+        check.message(&mut r, "wc.out.1", Some(2), "a => 2\na => 3\n");
+        assert_eq!(
+            (r.lines, r.repeats, r.gaps, r.stale_epoch_messages),
+            (5, 1, 0, 0)
+        );
+        check.message(&mut r, "wc.out.1", Some(1), "b => 2\n");
+        assert_eq!(
+            r.stale_epoch_messages, 1,
+            "an older epoch after a newer one"
+        );
+        check.message(&mut r, "wc.out.2", Some(1), "c => 2\nnot a line\n");
+        assert_eq!(
+            (r.gaps, r.malformed),
+            (1, 1),
+            "c skipped 1; a line without ' => '"
+        );
+        assert_eq!(check.highest["a"], 3);
+        let opts = NatsReceiveOptions {
+            url: "nats://h:1/wc".parse().unwrap(),
+            validate: true,
+            idle_exit: Duration::from_secs(1),
+            expect_lines: None,
+            expect_counts: None,
+            no_repeats: false,
+            from_input: false,
+        };
+        assert!(r.check(&opts).is_err());
+        assert!(NatsReceiveReport::default().check(&opts).is_ok());
+    }
 }
