@@ -138,6 +138,21 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
     let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1]]);
     bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
     let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    let file = corpus.parts[0].to_str().expect("utf-8 path");
+    let send = [
+        "send",
+        "--nats",
+        &url,
+        "--framed-file",
+        file,
+        "--in-partitions",
+        "3",
+    ];
+    let (ok, _, err) = run_bettong(&send, true);
+    assert!(
+        !ok && err.contains("in_partitions=4"),
+        "send must refuse other --in-partitions: {err}"
+    );
     for part in &corpus.parts {
         send_file(&url, part, I);
     }
