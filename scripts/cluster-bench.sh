@@ -43,7 +43,39 @@ wait_status() {
   done
   echo "job $1 did not settle on $2 members" >&2; exit 1
 }
-member() { "$B" serve --in "$1" --out "$1" --job "$2" >/dev/null 2>>"$WORK/members.log" & PIDS+=("$!"); RUN+=("$!"); LAST=$!; }
+member() { "$B" serve --in "$1" --out "$1" --job "$2" >>"$WORK/members.out" 2>>"$WORK/members.log" & PIDS+=("$!"); RUN+=("$!"); LAST=$!; }
+# Prints the largest checkpoint pause and size in the stopped lines of the members so far.
+checkpoint_costs() {
+  python3 - "$WORK/members.out" <<'PY'
+import json, sys
+ms = [json.loads(l)["metrics"] for l in open(sys.argv[1]) if '"stopped"' in l]
+if ms:
+    n = sum(m["checkpoints"] for m in ms)
+    print(f"  checkpoints: {n}, longest pause of a partition {max(m['checkpoint_pause_us_max'] for m in ms) / 1000:.1f} ms, "
+          f"mean {sum(m['checkpoint_pause_us_total'] for m in ms) / max(n, 1) / 1000:.1f} ms, largest {max(m['checkpoint_bytes_max'] for m in ms):,} bytes")
+PY
+  : >"$WORK/members.out"
+}
+# settle JOB MEMBERS LAG0: waits until JOB has MEMBERS members and balanced ownership (and no lag
+# when LAG0 is 1); prints how long it took and the largest lag seen meanwhile.
+settle() {
+  python3 - "$B" "nats://127.0.0.1:$PORT" "$@" <<'PY'
+import json, subprocess, sys, time
+b, url, job, members, lag0 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+t0, most = time.time(), 0
+while True:
+    out = subprocess.run([b, "cluster", "status", "--nats", url, "--job", job, "--json"], capture_output=True).stdout
+    s = json.loads(out)
+    lag = s["input_lag"] + s["repartition_lag"]
+    most = max(most, lag)
+    if len(s["members"]) == members and s["balanced"] and (lag == 0 or not lag0):
+        break
+    if time.time() - t0 > 120:
+        sys.exit(f"job {job} did not settle on {members} members: {s}")
+    time.sleep(0.1)
+print(f"{time.time() - t0:.2f} s (largest lag seen meanwhile: {most} messages)")
+PY
+}
 # Stops this run's members (SIGTERM: a clean leave while the server is still up).
 stop_members() { for p in "${RUN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${RUN[@]}"; do wait "$p" 2>/dev/null || true; done; RUN=(); }
 RUN=()
@@ -84,23 +116,30 @@ for M in $MEMBERS; do
   T1=$(now)
   python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'$M member(s): $WORDS words in {t:.2f} s: {int(sys.argv[3])/t/1e6:.2f} M words/s end to end')" "$T0" "$T1" "$WORDS"
   stop_members
+  checkpoint_costs
   stop_nats
 done
 
+# Join, leave and kill while input flows: time to balanced ownership, the lag meanwhile.
 start_nats
 URL="nats://127.0.0.1:$PORT/ev"
 "$B" cluster create --nats "$URL" --job ev 2>/dev/null
-"$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
-member "$URL" ev; A=$LAST
+member "$URL" ev
 member "$URL" ev; BB=$LAST
 wait_status ev 2
-T0=$(now); member "$URL" ev; C=$LAST; wait_status ev 3; T1=$(now)
-echo "join (2 -> 3 members): balanced, no lag after $(python3 -c "print(f'{$T1-$T0:.2f}')") s"
-T0=$(now); kill -TERM "$BB"; wait "$BB"; wait_status ev 2; T1=$(now)
-echo "SIGTERM leave (3 -> 2): balanced, no lag after $(python3 -c "print(f'{$T1-$T0:.2f}')") s"
-T0=$(now); kill -9 "$C"; wait_status ev 1; T1=$(now)
-echo "kill -9 (2 -> 1, lease 5 s): balanced, no lag after $(python3 -c "print(f'{$T1-$T0:.2f}')") s"
+"$B" send --nats "$URL" --framed-file "$CORPUS" --repeat $((REPEAT * 3)) --batch-bytes "$BATCH" >/dev/null 2>&1 &
+SEND=$!
+sleep 1
+member "$URL" ev; C=$LAST
+echo "join (2 -> 3 members) under load: balanced after $(settle ev 3 0)"
+kill -TERM "$BB"; wait "$BB" || true
+echo "SIGTERM leave (3 -> 2) under load: balanced after $(settle ev 2 0)"
+kill -9 "$C"
+echo "kill -9 (2 -> 1, lease 5 s) under load: balanced after $(settle ev 1 0)"
+wait "$SEND"
+echo "then caught up (no lag) after $(settle ev 1 1)"
 stop_members
+checkpoint_costs
 stop_nats
 
 # The single-process figure beside it: the same corpus over loopback TCP, no NATS.

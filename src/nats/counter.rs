@@ -14,7 +14,7 @@ use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::driver::Work;
+use super::driver::{publish, Snapshot, Work};
 use super::lease::{now_ms, Checkpoint, Held};
 use super::member::Ctx;
 use super::metrics::Metrics;
@@ -82,24 +82,13 @@ impl Counter {
         &mut self,
         held: &Held,
     ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
-        if !held.valid(self.ctx.margin) {
-            anyhow::bail!(
-                "key partition {}: lease ran out before publishing output; nothing more is published",
-                self.q
-            );
-        }
         let mut headers = HeaderMap::new();
         headers.insert(EPOCH_HEADER, held.record.epoch.to_string().as_str());
         headers.insert(MEMBER_HEADER, self.ctx.me.as_str());
         let subject = self.ctx.job.streams.out_subject(self.q);
         let payload = std::mem::take(&mut self.out);
         Metrics::add(&self.ctx.metrics.output_messages, 1);
-        self.ctx
-            .job
-            .js
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot publish output to {subject}: {e}"))
+        publish(&self.ctx, held, subject, headers, payload).await
     }
 }
 
@@ -172,24 +161,21 @@ impl Work for Counter {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, held: &Held) -> anyhow::Result<Option<Checkpoint>> {
+    fn snapshot(&mut self, held: &Held) -> anyhow::Result<Option<Snapshot>> {
         if self.state.pos == held.record.ckpt.pos {
             return Ok(None);
         }
         let bytes = serde_json::to_vec(&self.state)?;
         let name = format!("kp.{}.e{}.{}", self.q, held.record.epoch, self.state.pos);
-        self.ctx
-            .job
-            .objects
-            .put(name.as_str(), &mut bytes.as_slice())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot store checkpoint {name}: {e}"))?;
-        Ok(Some(Checkpoint {
-            pos: self.state.pos,
-            object: Some(name),
-            bytes: bytes.len() as u64,
-            keys: self.state.counts.len() as u64,
-            at_ms: now_ms(),
+        Ok(Some(Snapshot {
+            ckpt: Checkpoint {
+                pos: self.state.pos,
+                object: Some(name),
+                bytes: bytes.len() as u64,
+                keys: self.state.counts.len() as u64,
+                at_ms: now_ms(),
+            },
+            object: Some(bytes),
         }))
     }
 }

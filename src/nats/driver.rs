@@ -26,11 +26,30 @@ pub trait Work: Send {
         held: &Held,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// A checkpoint of everything applied so far, `None` when nothing changed since `held`'s.
-    fn checkpoint(
-        &mut self,
-        held: &Held,
-    ) -> impl Future<Output = anyhow::Result<Option<Checkpoint>>> + Send;
+    /// A snapshot of everything applied so far, `None` when nothing changed since `held`'s
+    /// checkpoint. Only this pauses the partition; the object is stored in the background.
+    fn snapshot(&mut self, held: &Held) -> anyhow::Result<Option<Snapshot>>;
+}
+
+/// A partition's state at one position, ready to be stored and committed.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// What the partition's KV entry will say once committed.
+    pub ckpt: Checkpoint,
+    /// The Object Store object to write first (named as `ckpt.object`), for a stateful partition.
+    pub object: Option<Vec<u8>>,
+}
+
+/// Stores a snapshot's object; returns its checkpoint, to commit.
+async fn store(ctx: Arc<Ctx>, snap: Snapshot) -> anyhow::Result<Checkpoint> {
+    if let (Some(bytes), Some(name)) = (&snap.object, &snap.ckpt.object) {
+        ctx.job
+            .objects
+            .put(name.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot store checkpoint {name}: {e}"))?;
+    }
+    Ok(snap.ckpt)
 }
 
 /// How a partition's task ended.
@@ -77,19 +96,29 @@ pub async fn drive<W: Work>(
         .map_err(|e| anyhow::anyhow!("partition {part}: cannot read {filter}: {e}"))?
         .ready_chunks(MAX_BATCH);
     let mut renew = tokio::time::interval(ctx.ttl / 3);
-    let mut commit = tokio::time::interval(ctx.checkpoint_interval);
+    let mut every = tokio::time::interval(ctx.checkpoint_interval);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The checkpoint being stored in the background, if any.
+    let mut storing: Option<tokio::task::JoinHandle<anyhow::Result<Checkpoint>>> = None;
     loop {
         tokio::select! {
             biased;
             changed = release.changed() => {
                 if changed.is_err() || *release.borrow() {
+                    if let Some(task) = storing.take() {
+                        if let Err(e) = commit_stored(&ctx, &mut held, task).await {
+                            return lease_lost(&ctx, &held, e);
+                        }
+                    }
                     if !held.valid(ctx.margin) {
                         return Ok(fenced(&ctx, &held, "its lease ran out before the hand-over"));
                     }
-                    if let Err(e) = checkpoint(&ctx, &mut held, &mut work).await {
-                        return lease_lost(&ctx, &held, e);
+                    if let Some(snap) = snapshot(&ctx, &held, &mut work)? {
+                        let task = tokio::spawn(store(ctx.clone(), snap));
+                        if let Err(e) = commit_stored(&ctx, &mut held, task).await {
+                            return lease_lost(&ctx, &held, e);
+                        }
                     }
                     held.release(&ctx.job.kv).await.map_err(anyhow::Error::new)?;
                     Metrics::add(&ctx.metrics.releases, 1);
@@ -106,12 +135,19 @@ pub async fn drive<W: Work>(
                     }
                 }
             }
-            _ = commit.tick() => {
+            stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
+                storing = None;
+                let stored = stored.map_err(|e| anyhow::anyhow!("partition {part}: checkpoint task failed: {e}"));
+                if let Err(e) = commit(&ctx, &mut held, stored??).await {
+                    return lease_lost(&ctx, &held, e);
+                }
+            }
+            _ = every.tick(), if storing.is_none() => {
                 if !held.valid(ctx.margin) {
                     return Ok(fenced(&ctx, &held, "its lease ran out (the process was paused or cut off from NATS)"));
                 }
-                if let Err(e) = checkpoint(&ctx, &mut held, &mut work).await {
-                    return lease_lost(&ctx, &held, e);
+                if let Some(snap) = snapshot(&ctx, &held, &mut work)? {
+                    storing = Some(tokio::spawn(store(ctx.clone(), snap)));
                 }
             }
             batch = messages.next() => {
@@ -150,20 +186,47 @@ pub async fn publish(
     ctx.js_publish(subject, headers, payload).await
 }
 
-/// Checkpoints `work` and commits it on `held`'s entry; then deletes the checkpoint it replaces.
-async fn checkpoint<W: Work>(
+/// Takes `work`'s snapshot, timing the partition's pause.
+fn snapshot<W: Work>(ctx: &Ctx, held: &Held, work: &mut W) -> anyhow::Result<Option<Snapshot>> {
+    let started = std::time::Instant::now();
+    let snap = work.snapshot(held)?;
+    if snap.is_some() {
+        let pause = started.elapsed().as_micros() as u64;
+        Metrics::add(&ctx.metrics.checkpoint_pause_us_total, pause);
+        Metrics::max(&ctx.metrics.checkpoint_pause_us_max, pause);
+    }
+    Ok(snap)
+}
+
+/// Waits for a checkpoint being stored, then commits it.
+async fn commit_stored(
     ctx: &Ctx,
     held: &mut Held,
-    work: &mut W,
+    task: tokio::task::JoinHandle<anyhow::Result<Checkpoint>>,
 ) -> Result<(), CheckpointError> {
-    let Some(ckpt) = work.checkpoint(held).await.map_err(CheckpointError::Work)? else {
-        return Ok(());
-    };
+    let stored = task
+        .await
+        .map_err(|e| CheckpointError::Work(anyhow::anyhow!("checkpoint task failed: {e}")))?;
+    commit(ctx, held, stored.map_err(CheckpointError::Work)?).await
+}
+
+/// Commits stored checkpoint `ckpt` on `held`'s entry (a compare-and-set), unless the lease is
+/// no longer ours; then deletes the checkpoint it replaces.
+async fn commit(ctx: &Ctx, held: &mut Held, ckpt: Checkpoint) -> Result<(), CheckpointError> {
     let old = held.record.ckpt.object.clone();
     let new = ckpt.object.clone();
-    match held.commit(&ctx.job.kv, ckpt, ctx.ttl).await {
+    let bytes = ckpt.bytes;
+    let result = if held.valid(ctx.margin) {
+        held.commit(&ctx.job.kv, ckpt, ctx.ttl).await
+    } else {
+        Err(LeaseError::Expired {
+            part: held.part.key(),
+        })
+    };
+    match result {
         Ok(()) => {
             Metrics::add(&ctx.metrics.checkpoints, 1);
+            Metrics::max(&ctx.metrics.checkpoint_bytes_max, bytes);
             if let Some(old) = old.filter(|o| Some(o) != new.as_ref()) {
                 if let Err(e) = ctx.job.objects.delete(&old).await {
                     tracing::warn!("could not delete the replaced checkpoint {old}: {e}");
@@ -213,6 +276,11 @@ fn lease_error(ctx: &Ctx, held: &Held, e: LeaseError) -> Option<Outcome> {
             None
         }
         LeaseError::Nats { .. } => Some(fenced(ctx, held, "NATS did not renew its lease in time")),
+        LeaseError::Expired { .. } => Some(fenced(
+            ctx,
+            held,
+            "its lease ran out while its checkpoint was stored",
+        )),
     }
 }
 

@@ -116,6 +116,12 @@ pub enum LeaseError {
         /// The partition's key.
         part: String,
     },
+    /// Our own clock says the lease ran out: nothing is written.
+    #[error("partition {part}'s lease ran out before the write")]
+    Expired {
+        /// The partition's key.
+        part: String,
+    },
     /// NATS did not answer or refused for another reason; the lease may still be ours.
     #[error("cannot write partition {part}'s lease: {source}")]
     Nats {

@@ -38,6 +38,13 @@ counters! {
     output_messages,
     /// Checkpoints committed.
     checkpoints,
+    /// Longest pause of a partition for one checkpoint (its snapshot; storing and committing
+    /// run beside its work), in µs.
+    checkpoint_pause_us_max,
+    /// Total of those pauses, in µs.
+    checkpoint_pause_us_total,
+    /// Largest checkpoint object written, in bytes.
+    checkpoint_bytes_max,
     /// Partitions taken.
     takes,
     /// Partitions handed over cleanly.
@@ -50,5 +57,10 @@ impl Metrics {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// Raises `gauge` to `n` if it is lower.
+    pub fn max(gauge: &AtomicU64, n: u64) {
+        gauge.fetch_max(n, Relaxed);
     }
 }

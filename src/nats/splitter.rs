@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bettong_engine::codec::frames;
 use bettong_engine::LogLimit;
 
-use super::driver::{publish, Work};
+use super::driver::{publish, Snapshot, Work};
 use super::lease::{now_ms, Checkpoint, Held};
 use super::member::Ctx;
 use super::metrics::Metrics;
@@ -149,14 +149,17 @@ impl Work for Splitter {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, held: &Held) -> anyhow::Result<Option<Checkpoint>> {
+    fn snapshot(&mut self, held: &Held) -> anyhow::Result<Option<Snapshot>> {
         if self.pos == held.record.ckpt.pos {
             return Ok(None);
         }
-        Ok(Some(Checkpoint {
-            pos: self.pos,
-            at_ms: now_ms(),
-            ..Default::default()
+        Ok(Some(Snapshot {
+            ckpt: Checkpoint {
+                pos: self.pos,
+                at_ms: now_ms(),
+                ..Default::default()
+            },
+            object: None,
         }))
     }
 }
