@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use bettong_engine::codec::frames;
+use bettong_engine::codec::{frames, FrameError};
 use bettong_engine::LogLimit;
 
 use super::driver::{publish, Snapshot, Work};
@@ -57,7 +57,15 @@ impl Splitter {
                 Ok(f) => f,
                 Err(e) => {
                     rejected += 1;
-                    self.log_bad(seq, &format!("{e:?}: the rest of the message is rejected"));
+                    let why = match e {
+                        FrameError::Truncated { offset, .. } => {
+                            format!("the message ends inside the frame at offset {offset}")
+                        }
+                        FrameError::TooLarge { offset, error } => {
+                            format!("the frame at offset {offset} announces {} bytes", error.len)
+                        }
+                    };
+                    self.log_bad(seq, &format!("{why}: the rest of the message is rejected"));
                     break;
                 }
             };
