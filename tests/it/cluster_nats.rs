@@ -284,6 +284,35 @@ fn cluster_grows_shrinks_and_survives_kill_9_twice() {
     );
     let report = assert_valid(&url, &corpus, false);
     eprintln!("output after two kills: {report}");
+    // State came back from checkpoints, not from replaying everything: every key partition has
+    // a committed object, and the survivors took over partitions at non-zero positions.
+    for p in s["partition_details"]
+        .as_array()
+        .expect("partition details")
+    {
+        let c = &p["checkpoint"];
+        assert!(c["pos"].as_u64() > Some(0), "no committed checkpoint: {p}");
+        if p["partition"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("kp."))
+        {
+            assert!(
+                c["object"].is_string() && c["keys"].as_u64() > Some(0),
+                "{p}"
+            );
+        }
+    }
+    let restored = [&a, &d]
+        .iter()
+        .flat_map(|m| m.stderr_lines())
+        .filter(|l| l.contains("took partition kp.") && !l.contains("checkpoint at 0)"))
+        .count();
+    assert!(
+        restored > 0,
+        "no take-over restored a checkpoint:\n{}\n{}",
+        a.stderr(),
+        d.stderr()
+    );
     drop((a, c, d));
 }
 
