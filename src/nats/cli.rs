@@ -166,6 +166,7 @@ pub fn serve_member(a: &crate::cli::ServeArgs) -> anyhow::Result<()> {
         threads: a.cores.unwrap_or(1),
         checkpoint_interval: a.checkpoint_interval,
         lease_ttl: n.lease_ttl.unwrap_or(Duration::from_secs(5)),
+        max_frame: a.max_frame,
     };
     super::member::serve(&opts)
 }

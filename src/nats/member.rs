@@ -39,6 +39,8 @@ pub struct MemberOptions {
     pub checkpoint_interval: Duration,
     /// Lease length.
     pub lease_ttl: Duration,
+    /// Largest accepted frame payload; a larger frame rejects the rest of its message.
+    pub max_frame: usize,
 }
 
 /// What a member's partition tasks share.
@@ -53,6 +55,8 @@ pub struct Ctx {
     pub margin: Duration,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Largest accepted frame payload.
+    pub max_frame: usize,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -116,6 +120,7 @@ async fn run(opts: MemberOptions) -> anyhow::Result<()> {
         ttl: opts.lease_ttl,
         margin: opts.lease_ttl / 5,
         checkpoint_interval: opts.checkpoint_interval,
+        max_frame: opts.max_frame,
         metrics: Metrics::default(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use bettong_engine::codec::{frames, FrameError};
+use bettong_engine::codec::{FrameDecoder, FrameError};
 use bettong_engine::LogLimit;
 
 use super::driver::{publish, Snapshot, Work};
@@ -51,7 +51,7 @@ impl Splitter {
     fn split(&mut self, seq: u64, payload: &[u8]) -> (u64, u64) {
         let parts = self.ctx.job.settings.partitions;
         let (mut n, mut rejected, mut words) = (0, 0, 0);
-        for frame in frames(payload) {
+        for frame in FrameDecoder::new(self.ctx.max_frame).frames(payload) {
             n += 1;
             let frame = match frame {
                 Ok(f) => f,

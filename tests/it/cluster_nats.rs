@@ -134,8 +134,11 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
 
     // One message: a good frame, a frame that is not UTF-8, another good frame, then a
     // truncated frame (sent as a message of its own by `send`).
-    let good: [&[u8]; 2] = [b"Bad input, good words", b"more GOOD words"];
-    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1]]);
+    // Then a frame above the member's --max-frame (sent alone: larger than --batch-bytes), and
+    // a good frame after it (in the next message).
+    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
+    let big = vec![b'x'; 5000];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
     bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
     let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
     let file = corpus.parts[0].to_str().expect("utf-8 path");
@@ -156,7 +159,11 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
     for part in &corpus.parts {
         send_file(&url, part, I);
     }
-    let mut m = member(&url, "one", &flags());
+    let mut m = member(
+        &url,
+        "one",
+        &[&flags()[..], &["--max-frame", "4096"]].concat(),
+    );
     let (s, took) = wait_status(&nats, "one", SETTLE, |s| settled(s, 1));
     assert!(
         took.is_some(),
@@ -171,7 +178,12 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
         m.stderr()
     );
     let stopped = m.event("stopped").expect("a stopped line");
-    assert_eq!(stopped["metrics"]["frames_rejected"], 2, "{stopped}");
+    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
+    assert!(
+        m.stderr().contains("announces 5000 bytes"),
+        "{}",
+        m.stderr()
+    );
     assert_eq!(stopped["metrics"]["fenced"], 0, "{stopped}");
     assert!(
         m.stderr().contains("is not UTF-8"),
