@@ -11,8 +11,18 @@ use std::time::{Duration, Instant};
 use super::server::bettong_bin;
 use super::{free_addr, Server, WAIT};
 
-/// A `nats-server` child with JetStream on; killed and its store deleted on drop.
+/// The cluster tests' processes run at this niceness, so that the timing-sensitive tests that
+/// run beside them keep the CPU they need.
+const NICE: &str = "10";
+
+/// One cluster test at a time: each runs a nats-server and several members, and running two at
+/// once beside the other tests starves the timing-sensitive ones on a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A `nats-server` child with JetStream on; killed and its store deleted on drop. While it
+/// lives, no other cluster test runs.
 pub struct NatsServer {
+    _turn: std::sync::MutexGuard<'static, ()>,
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -27,15 +37,25 @@ impl NatsServer {
     /// it, when `nats-server` is not on PATH.
     #[track_caller]
     pub fn start() -> NatsServer {
-        let dir = std::env::temp_dir().join(format!(
+        // In memory (tmpfs) where there is one: the server's file storage then costs no disk
+        // I/O, which the tests beside it (checkpoints with fsync) are sensitive to.
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
             "bettong-nats-{}-{}",
             std::process::id(),
             SERVERS.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the test's store directory");
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let port = free_addr().port();
         let mut s = NatsServer {
+            _turn: turn,
             child: None,
             port,
             dir,
@@ -114,7 +134,7 @@ impl Drop for NatsServer {
 pub fn member(url: &str, job: &str, extra: &[&str]) -> Server {
     let mut args = vec!["serve", "--in", url, "--out", url, "--job", job];
     args.extend_from_slice(extra);
-    let server = Server::spawn(&args);
+    let server = Server::spawn_niced(NICE, &args);
     let deadline = Instant::now() + WAIT;
     while server.event("ready").is_none() {
         assert!(
@@ -131,7 +151,8 @@ pub fn member(url: &str, job: &str, extra: &[&str]) -> Server {
 /// exit unless `may_fail`.
 #[track_caller]
 pub fn run_bettong(args: &[&str], may_fail: bool) -> (bool, String, String) {
-    let out = Command::new(bettong_bin())
+    let out = Command::new("nice")
+        .args(["-n", NICE, bettong_bin()])
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -196,7 +217,7 @@ pub fn wait_status(
         if t0.elapsed() > timeout {
             return (s, None);
         }
-        thread::sleep(Duration::from_millis(200));
+        thread::sleep(Duration::from_millis(300));
     }
 }
 
