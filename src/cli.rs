@@ -46,6 +46,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write deterministic Market Spread input: a framed orders file and a framed quotes file.
     MarketGen(MarketGenArgs),
+    /// A word-count job on NATS JetStream: create it, or show its members, owners and lag.
+    #[command(subcommand)]
+    Cluster(crate::nats::cli::ClusterCommand),
 }
 
 /// `bettong market-gen`.
@@ -277,6 +280,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().max_key_bytes,
           value_parser = size_parser(1, MAX_FRAME))]
     pub max_key_bytes: usize,
+    /// A member of a cluster job on NATS (`--in nats://HOST:PORT/PREFIX`).
+    #[command(flatten)]
+    pub nats: crate::nats::cli::NatsServeArgs,
 }
 
 impl ServeArgs {
@@ -403,7 +409,7 @@ fn parse_any_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Server addresses, `HOST:PORT[,HOST:PORT…]`, used round robin by the connections.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "nats")]
     pub host: Vec<String>,
     /// A text file: every non-empty line is one message.
     #[arg(long, conflicts_with = "framed_file")]
@@ -433,14 +439,17 @@ pub struct SendArgs {
     /// `10s`, `500ms`; 0 turns them off.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub progress_interval: Duration,
+    /// Publishing into a NATS input stream instead.
+    #[command(flatten)]
+    pub nats: crate::nats::cli::NatsSendArgs,
 }
 
 /// `bettong receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
     /// Address to listen on, `HOST:PORT`.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "nats")]
+    pub listen: Option<String>,
     /// Count the output without writing it to stdout.
     #[arg(long)]
     pub no_write: bool,
@@ -469,6 +478,9 @@ pub struct ReceiveArgs {
     /// were sent on one connection); otherwise any order is accepted.
     #[arg(long, requires = "orders")]
     pub in_order: bool,
+    /// Reading a NATS output stream instead.
+    #[command(flatten)]
+    pub nats: crate::nats::cli::NatsReceiveArgs,
 }
 
 /// `bettong demo`: the first-run demo (the Bill of Rights sent many times, outputs checked).
@@ -526,7 +538,11 @@ impl ReceiveArgs {
     /// or is not a sequence of frames.
     pub fn to_options(&self) -> anyhow::Result<crate::receive::ReceiveOptions> {
         use anyhow::Context;
-        let mut o = crate::receive::ReceiveOptions::new(self.listen.clone());
+        let listen = self
+            .listen
+            .clone()
+            .context("receive needs --listen HOST:PORT")?;
+        let mut o = crate::receive::ReceiveOptions::new(listen);
         o.no_write = self.no_write;
         o.validate = self.validate;
         o.expect_lines = self.expect_lines;

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod logging;
 pub mod market_spread;
 pub mod metrics_table;
+pub mod nats;
 pub mod observe;
 pub mod placement;
 pub mod probes;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use bettong::cli::{BenchApp, BenchArgs, Cli, Command};
+use bettong::nats::cli as nats;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,10 +15,14 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
-        Command::Serve(a) => bettong::serve::serve(&a.observe(), &a.options()),
-        Command::MarketSpread(a) => {
-            bettong::market_spread::serve::serve(&a.observe(), &a.options())
-        }
+        Command::Serve(a) if nats::is_nats(&a.input) => nats::serve_member(&a),
+        Command::Serve(a) => nats::refuse_cluster_flags(&a.nats)
+            .and_then(|()| bettong::serve::serve(&a.observe(), &a.options())),
+        Command::MarketSpread(a) => nats::refuse_cluster_flags(&a.nats)
+            .and_then(|()| bettong::market_spread::serve::serve(&a.observe(), &a.options())),
+        Command::Send(a) if a.nats.nats.is_some() => nats::send(&a),
+        Command::Receive(a) if a.nats.nats.is_some() => nats::receive(&a),
+        Command::Cluster(c) => nats::cluster(&c),
         Command::Send(a) => a
             .to_options(std::io::stderr().is_terminal())
             .and_then(|o| bettong::send::run_send(&o))

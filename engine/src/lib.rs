@@ -84,3 +84,5 @@ pub use runtime::{online_cpus, Engine, IntoSources, Report, Running};
 pub use shutdown::StopHandle;
 pub use sink::{SinkConfig, TcpSinkConfig};
 pub use source::{IoBackend, MemorySource, SourceConfig, TcpSourceConfig};
+/// Rate limit for repeated log lines (also used by the `bettong` NATS bridge).
+pub use tcp::log_limit::LogLimit;

@@ -6,6 +6,7 @@
 mod support;
 
 mod bench_placement;
+mod cluster_nats;
 mod engine_api;
 mod engine_balance;
 mod engine_general;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 /// Rate-limits one kind of log line on one core: at most [`LogLimit::BURST`] lines a second;
 /// the lines held back are counted and the count is given with the next line logged.
 #[derive(Debug, Default)]
-pub(crate) struct LogLimit {
+pub struct LogLimit {
     window: Cell<Option<Instant>>,
     logged: Cell<u32>,
     held_back: Cell<u64>,
@@ -16,11 +16,11 @@ pub(crate) struct LogLimit {
 
 impl LogLimit {
     /// Lines logged per second, at most.
-    pub(crate) const BURST: u32 = 5;
+    pub const BURST: u32 = 5;
 
     /// `Some(n)` when a line may be logged now, `n` being the lines held back since the last
     /// one; None when this one must be held back (it is counted).
-    pub(crate) fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now = Instant::now();
         match self.window.get() {
             Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
@@ -39,7 +39,7 @@ impl LogLimit {
     }
 
     /// The suffix saying how many lines were held back ("" when none were).
-    pub(crate) fn note(held_back: u64) -> String {
+    pub fn note(held_back: u64) -> String {
         if held_back == 0 {
             String::new()
         } else {

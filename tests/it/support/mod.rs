@@ -11,6 +11,7 @@
 //! - [`sh_server`]: a server started through `sh -c`, with its own limits or environment.
 //! - [`monitor`]: the server's metrics server (`--metrics-addr`) from outside, and a load to
 //!   watch.
+//! - [`nats`]: a real nats-server and the cluster commands that use it.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub mod corpus;
 pub mod market;
 pub mod memory;
 pub mod monitor;
+pub mod nats;
 pub mod net;
 pub mod receiver;
 pub mod server;

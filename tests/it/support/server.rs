@@ -44,7 +44,19 @@ pub struct Server {
 impl Server {
     /// Runs `bettong ARGS` with stdout and stderr collected, logging at `info` without colours.
     pub fn spawn(args: &[&str]) -> Server {
-        let mut child = Command::new(bettong_bin())
+        Self::spawn_command(Command::new(bettong_bin()), args)
+    }
+
+    /// Like [`spawn`](Self::spawn), through `nice -n NICENESS`: the process and all its
+    /// threads at a lower CPU priority.
+    pub fn spawn_niced(niceness: &str, args: &[&str]) -> Server {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", niceness, bettong_bin()]);
+        Self::spawn_command(nice, args)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> Server {
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

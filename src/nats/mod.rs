@@ -1,0 +1,26 @@
+//! Bettong on NATS JetStream: one word-count job run by any number of member processes, which
+//! never talk to each other, only to NATS (contract: `../shared/spec/cluster.md`).
+//!
+//! The job has two stages, each split into partitions with one owner at a time:
+//! - **input partitions** `in.<i>` ([`splitter`]): read `PREFIX.in.<i>`, split the frames into
+//!   words and publish them, grouped by key partition, on the repartition stream;
+//! - **key partitions** `kp.<q>` ([`counter`]): read the repartition subject of `q`, count, and
+//!   publish `word => count` lines on `PREFIX.out.<q>`; checkpoint the counts to the Object Store.
+//!
+//! Ownership lives in a KV bucket ([`lease`]); [`member`] runs the loop that joins, balances and
+//! leaves. All NATS I/O runs on one tokio runtime owned by the member ([`member::serve`]).
+
+pub mod address;
+pub mod cli;
+pub mod counter;
+pub mod driver;
+pub mod lease;
+pub mod member;
+pub mod metrics;
+pub mod partition;
+pub mod receive;
+pub mod repartition;
+pub mod send;
+pub mod setup;
+pub mod splitter;
+pub mod status;

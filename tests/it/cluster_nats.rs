@@ -1,0 +1,398 @@
+//! The cluster on NATS JetStream (`spec/cluster.md`) against a real `nats-server` and the real
+//! binary: exact counts and gap-free output through joins, SIGTERM leaves, kill -9, a member
+//! paused past its lease (fencing), a nats-server restart, and bad input messages.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::nats::{
+    member, run_bettong, send_file, settled, validate, wait_status, NatsServer,
+};
+use crate::support::{frame_all, random_message, reference_counts, Rng, WAIT};
+
+/// Key and input partitions of the test jobs: small, so every member owns several of each.
+const P: &str = "16";
+const I: u32 = 4;
+
+/// How long a job may take to settle (rebalance, catch up) after an event.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The member flags every test uses: short leases and checkpoints, to keep the tests short.
+/// The tests of crashes and pauses use 2 s leases; the others keep the default 5 s, so that a
+/// member starved of CPU by the tests beside it does not lose its lease (and repeat output).
+fn flags(lease_ttl: &'static str) -> Vec<&'static str> {
+    vec![
+        "--partitions",
+        P,
+        "--in-partitions",
+        "4",
+        "--lease-ttl",
+        lease_ttl,
+        "--checkpoint-interval",
+        "300ms",
+    ]
+}
+
+/// A corpus in `parts` framed files, and the reference counts of all of them in a JSON file.
+struct Corpus {
+    parts: Vec<PathBuf>,
+    counts: PathBuf,
+}
+
+impl Corpus {
+    /// `parts` files of `per_part` random messages; `extra` (already framed, possibly bad)
+    /// becomes one more part, its valid frames counted in the reference.
+    fn new(
+        dir: &Path,
+        seed: u64,
+        parts: usize,
+        per_part: usize,
+        extra: Option<(Vec<u8>, Vec<&[u8]>)>,
+    ) -> Corpus {
+        let mut rng = Rng::new(seed);
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut add = |payloads: &[&[u8]]| {
+            for (w, n) in reference_counts(payloads.iter().copied()) {
+                *counts.entry(w).or_insert(0) += n;
+            }
+        };
+        let mut files = Vec::new();
+        for k in 0..parts {
+            let msgs: Vec<String> = (0..per_part)
+                .map(|_| random_message(&mut rng, 1, 12))
+                .collect();
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_bytes()).collect();
+            add(&refs);
+            let path = dir.join(format!("part{k}.bin"));
+            std::fs::write(&path, frame_all(&msgs)).expect("write a corpus part");
+            files.push(path);
+        }
+        if let Some((framed, valid)) = extra {
+            add(&valid);
+            let path = dir.join("extra.bin");
+            std::fs::write(&path, framed).expect("write the extra part");
+            files.push(path);
+        }
+        let path = dir.join("counts.json");
+        std::fs::write(&path, serde_json::to_vec(&counts).expect("counts")).expect("write counts");
+        Corpus {
+            parts: files,
+            counts: path,
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("seed {s}");
+    s
+}
+
+#[track_caller]
+fn assert_valid(url: &str, corpus: &Corpus, no_repeats: bool) -> serde_json::Value {
+    let (ok, report, err) = validate(url, &corpus.counts, no_repeats);
+    assert!(ok, "the output check failed: {report}\n{err}");
+    assert_eq!(report["gaps"], 0, "{report}");
+    assert_eq!(report["count_mismatches"], 0, "{report}");
+    assert_eq!(report["stale_epoch_messages"], 0, "{report}");
+    report
+}
+
+#[test]
+fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc1");
+    let create = |partitions: &str| {
+        let args = [
+            "cluster",
+            "create",
+            "--nats",
+            &url,
+            "--job",
+            "one",
+            "--partitions",
+            partitions,
+        ];
+        run_bettong(&[&args[..], &["--in-partitions", "4"]].concat(), true)
+    };
+    assert!(create(P).0, "cluster create failed");
+    let (ok, _, err) = create("9");
+    assert!(
+        !ok && err.contains("--partitions 16"),
+        "other settings must be refused: {err}"
+    );
+    let (ok, _, err) = run_bettong(
+        &["serve", "--in", &url, "--out", &url, "--job", "one"],
+        true,
+    );
+    assert!(
+        !ok && err.contains("--partitions 64"),
+        "a member with other settings must refuse to run: {err}"
+    );
+
+    // One message: a good frame, a frame that is not UTF-8, another good frame, then a
+    // truncated frame (sent as a message of its own by `send`).
+    // Then a frame above the member's --max-frame (sent alone: larger than --batch-bytes), and
+    // a good frame after it (in the next message).
+    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
+    let big = vec![b'x'; 5000];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
+    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    let file = corpus.parts[0].to_str().expect("utf-8 path");
+    let send = [
+        "send",
+        "--nats",
+        &url,
+        "--framed-file",
+        file,
+        "--in-partitions",
+        "3",
+    ];
+    let (ok, _, err) = run_bettong(&send, true);
+    assert!(
+        !ok && err.contains("in_partitions=4"),
+        "send must refuse other --in-partitions: {err}"
+    );
+    for part in &corpus.parts {
+        send_file(&url, part, I);
+    }
+    let mut m = member(
+        &url,
+        "one",
+        &[&flags("5s")[..], &["--max-frame", "4096"]].concat(),
+    );
+    let (s, took) = wait_status(&nats, "one", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "one member did not own everything and catch up: {s}"
+    );
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(report["repeats"], 0, "{report}");
+    m.signal("TERM");
+    assert!(
+        m.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        m.stderr()
+    );
+    let stopped = m.event("stopped").expect("a stopped line");
+    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
+    assert!(
+        m.stderr().contains("announces 5000 bytes"),
+        "{}",
+        m.stderr()
+    );
+    assert_eq!(stopped["metrics"]["fenced"], 0, "{stopped}");
+    assert!(
+        m.stderr().contains("is not UTF-8"),
+        "the bad frame is logged: {}",
+        m.stderr()
+    );
+    let (s, _) = wait_status(&nats, "one", WAIT, |s| {
+        s["members"].as_array().is_some_and(|m| m.is_empty())
+    });
+    assert_eq!(
+        s["unowned_partitions"],
+        16 + I,
+        "a clean leave releases everything: {s}"
+    );
+}
+
+#[test]
+fn cluster_clean_join_and_leave_repeat_no_output() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc2");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let mut a = member(&url, "clean", &flags("5s"));
+    send_file(&url, &corpus.parts[0], I);
+    let b = member(&url, "clean", &flags("5s"));
+    let t0 = Instant::now();
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the job did not rebalance onto 2 members: {s}"
+    );
+    eprintln!("join: balanced and caught up after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(11),
+        "a join must balance within 10 s + a checkpoint interval; the members' logs:\n{}\n---\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    send_file(&url, &corpus.parts[1], I);
+    a.signal("TERM");
+    let t0 = Instant::now();
+    assert!(
+        a.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0 after the hand-over: {}",
+        a.stderr()
+    );
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "the leave's partitions were not taken over: {s}"
+    );
+    eprintln!("leave: taken over and caught up after {:?}", t0.elapsed());
+    send_file(&url, &corpus.parts[2], I);
+    let (s, took) = wait_status(&nats, "clean", SETTLE, |s| settled(s, 1));
+    assert!(took.is_some(), "the last part was not consumed: {s}");
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(
+        report["repeats"], 0,
+        "clean joins and leaves repeat nothing: {report}"
+    );
+    drop(b);
+}
+
+/// Sends `parts` one after another from a thread, `pause` apart, so that the test's events
+/// happen while input flows.
+fn feed(url: &str, parts: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
+    let (url, parts) = (url.to_string(), parts.to_vec());
+    std::thread::spawn(move || {
+        for part in &parts {
+            send_file(&url, part, I);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+#[test]
+fn cluster_grows_shrinks_and_survives_kill_9_twice() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc3");
+    let mut rng = Rng::new(seed());
+    let corpus = Corpus::new(&nats.dir, rng.next_u64(), 16, 1000, None);
+    let f = flags("2s");
+    let a = member(&url, "big", &f);
+    let mut b = member(&url, "big", &f);
+    let c = member(&url, "big", &f);
+    let feeder = feed(&url, &corpus.parts, Duration::from_millis(400));
+    let mut at = |lo, hi| std::thread::sleep(Duration::from_millis(rng.range(lo, hi) as u64));
+    at(500, 1500);
+    let d = member(&url, "big", &f); // joins mid-stream
+    at(500, 1500);
+    b.signal("TERM");
+    assert!(
+        b.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        b.stderr()
+    );
+    at(0, 1500);
+    c.signal("KILL");
+    at(0, 1000);
+    let c2 = member(&url, "big", &f); // the same member restarted, killed again
+    at(1000, 3000);
+    c2.signal("KILL");
+    let t0 = Instant::now();
+    feeder.join().expect("the feeder failed");
+    let (s, took) = wait_status(&nats, "big", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the survivors did not take everything over and catch up: {s}"
+    );
+    eprintln!(
+        "kill -9: taken over and caught up {:?} after the kill",
+        t0.elapsed()
+    );
+    let report = assert_valid(&url, &corpus, false);
+    eprintln!("output after two kills: {report}");
+    // State came back from checkpoints, not from replaying everything: every key partition has
+    // a committed object, and the survivors took over partitions at non-zero positions.
+    for p in s["partition_details"]
+        .as_array()
+        .expect("partition details")
+    {
+        let c = &p["checkpoint"];
+        assert!(c["pos"].as_u64() > Some(0), "no committed checkpoint: {p}");
+        if p["partition"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("kp."))
+        {
+            assert!(
+                c["object"].is_string() && c["keys"].as_u64() > Some(0),
+                "{p}"
+            );
+        }
+    }
+    let restored = [&a, &d]
+        .iter()
+        .flat_map(|m| m.stderr_lines())
+        .filter(|l| l.contains("took partition kp.") && !l.contains("checkpoint at 0)"))
+        .count();
+    assert!(
+        restored > 0,
+        "no take-over restored a checkpoint:\n{}\n{}",
+        a.stderr(),
+        d.stderr()
+    );
+    drop((a, c, d));
+}
+
+#[test]
+fn cluster_fences_a_member_paused_past_its_lease() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc4");
+    let corpus = Corpus::new(&nats.dir, seed(), 12, 1000, None);
+    let a = member(&url, "fence", &flags("2s"));
+    let b = member(&url, "fence", &flags("2s"));
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "2 members did not settle: {s}");
+    let feeder = feed(&url, &corpus.parts[..11], Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(700));
+    b.signal("STOP");
+    // The lease is 2 s: A takes everything over once B's leases run out.
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 1));
+    assert!(
+        took.is_some(),
+        "A did not take the paused member's partitions: {s}"
+    );
+    let resumed = Instant::now();
+    b.signal("CONT");
+    let line = b.wait_for_stderr_line(|l| l.contains("fenced:"), Duration::from_secs(5));
+    let line = line
+        .unwrap_or_else(|| panic!("the resumed member logged no fencing error: {}", b.stderr()));
+    assert!(
+        resumed.elapsed() < Duration::from_secs(3),
+        "noticed {:?} after resuming",
+        resumed.elapsed()
+    );
+    assert!(
+        line.contains("partition"),
+        "the error names the partition: {line}"
+    );
+    feeder.join().expect("the feeder failed");
+    send_file(&url, &corpus.parts[11], I);
+    let (s, took) = wait_status(&nats, "fence", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "the fenced member did not rejoin: {s}");
+    // No message of an older epoch after a newer one on any output subject: the stale owner
+    // published nothing after the take-over.
+    assert_valid(&url, &corpus, false);
+    drop(a);
+}
+
+#[test]
+fn cluster_survives_a_nats_server_restart() {
+    let mut nats = NatsServer::start();
+    let url = nats.url("wc5");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let a = member(&url, "restart", &flags("2s"));
+    let b = member(&url, "restart", &flags("2s"));
+    send_file(&url, &corpus.parts[0], I);
+    let (s, took) = wait_status(&nats, "restart", SETTLE, |s| settled(s, 2));
+    assert!(took.is_some(), "2 members did not settle: {s}");
+    send_file(&url, &corpus.parts[1], I);
+    nats.restart(Duration::from_millis(500));
+    send_file(&url, &corpus.parts[2], I);
+    let (s, took) = wait_status(&nats, "restart", SETTLE, |s| settled(s, 2));
+    assert!(
+        took.is_some(),
+        "the members did not recover after the restart: {s}\n{}\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    assert_valid(&url, &corpus, false);
+}
