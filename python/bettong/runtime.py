@@ -123,11 +123,7 @@ def run(
         _native.stop_on_signals(running._inner)
     if announce:
         print(running.ready_line(), flush=True)
-    try:
-        report = running.join()
-    finally:
-        if handle_signals:
-            _native.consume_interrupt()
+    report = running.join()
     if announce:
         print(report.stopped_line, flush=True)
     sys.stdout.flush()

@@ -31,7 +31,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runner::Running>()?;
     m.add_function(wrap_pyfunction!(runner::start, m)?)?;
     m.add_function(wrap_pyfunction!(runner::stop_on_signals, m)?)?;
-    m.add_function(wrap_pyfunction!(runner::consume_interrupt, m)?)?;
     m.add_function(wrap_pyfunction!(gil_acquisitions, m)?)?;
     Ok(())
 }

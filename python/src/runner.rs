@@ -156,6 +156,8 @@ pub struct Running {
     errors: Arc<UserErrors>,
     local_addr: Option<String>,
     cores: usize,
+    /// SIGINT/SIGTERM stop this engine ([`stop_on_signals`]).
+    on_signals: std::sync::atomic::AtomicBool,
 }
 
 #[pymethods]
@@ -191,6 +193,14 @@ impl Running {
             .ok_or_else(|| PyRuntimeError::new_err("join: this application was already joined"))?;
         let report = py.detach(|| running.join());
         set_state_codec(None);
+        if self.on_signals.load(std::sync::atomic::Ordering::Relaxed) {
+            // A SIGINT also set Python's own flag; the signal was handled (the graceful stop),
+            // so its KeyboardInterrupt is consumed here rather than raised after the return.
+            match py.check_signals() {
+                Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => {}
+                other => other?,
+            }
+        }
         let report = report
             .map_err(|e| PyRuntimeError::new_err(format!("the Bettong engine failed: {e}")))?;
         if let Some(e) = self.errors.take_first() {
@@ -289,6 +299,7 @@ pub fn start(
         local_addr: running.local_addr().map(|a| a.to_string()),
         cores: running.cpus().len(),
         running: Mutex::new(Some(running)),
+        on_signals: false.into(),
         stop,
         errors,
     })
@@ -300,15 +311,8 @@ pub fn start(
 pub fn stop_on_signals(running: &Running) -> PyResult<()> {
     bettong::serve::install_signal_handlers().map_err(err)?;
     bettong::serve::stop_on_signal(running.stop.clone());
+    running
+        .on_signals
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
-}
-
-/// After a run stopped by SIGINT, Python's own handler has a KeyboardInterrupt pending: the
-/// signal was handled (the graceful stop), so it is consumed here.
-#[pyfunction]
-pub fn consume_interrupt(py: Python<'_>) -> PyResult<()> {
-    match py.check_signals() {
-        Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Ok(()),
-        other => other,
-    }
 }

@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -97,20 +98,28 @@ class Example:
 
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The log goes to a file: a pipe nobody reads until the end could fill and block it.
+        self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(EXAMPLE), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            pytest.fail(f"word_count.py did not start: {err}")
+            self.proc.wait(timeout=30)
+            pytest.fail(f"word_count.py did not start: {self.stderr()}")
         self.ready = json.loads(line)
         self.addr: str = self.ready["in"]
 
+    def stderr(self) -> str:
+        """Everything the process logged so far."""
+        self.log.seek(0)
+        return self.log.read()
+
     def finish(self, timeout: float = 60.0) -> tuple[int, dict, str]:
         """Waits for exit: (status, the stopped line's JSON or {}, stderr)."""
-        out, err = self.proc.communicate(timeout=timeout)
+        out, _ = self.proc.communicate(timeout=timeout)
+        err = self.stderr()
         stopped = {}
         for line in out.splitlines():
             if line.startswith("{"):
