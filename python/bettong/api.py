@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol, Tuple, Union
 
 from . import native
-from .checks import BuildError, method, name_of, state_class
+from .checks import BuildError, function, method, name_of, state_class
 from .connectors import MemorySink, Sink, Source, TCPSink, source_plan
 
 
@@ -90,7 +90,7 @@ class Stream:
         """Keys each record by ``key(data)`` (a ``str`` or ``bytes``), or by the record itself
         when no function is given. Records cross to the core that owns their key here."""
         if key is not None:
-            key = method(key, "__call__", 1, "key_by")
+            key = function(key, 1, "key_by")
             self._src.key = (key, name_of(key))
         return Keyed([self._src])
 

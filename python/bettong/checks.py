@@ -69,6 +69,14 @@ def method(obj: Any, method_name: str, nargs: int, step: str) -> Callable[..., A
     return fn  # type: ignore[no-any-return]
 
 
+def function(fn: Any, nargs: int, step: str) -> Callable[..., Any]:
+    """A plain callable (``key_by``'s key function), checked to take ``nargs`` arguments."""
+    if not callable(fn):
+        raise BuildError(f"{step} takes a function, not {type(fn).__name__}")
+    _check_arity(fn, nargs, f"{step}'s function")
+    return fn  # type: ignore[no-any-return]
+
+
 def state_class(cls: Any) -> Callable[[], Any]:
     """The state class (or factory) of a state step: callable with no arguments."""
     if not callable(cls):

@@ -15,6 +15,7 @@
 //! lock, so this costs nothing there and closes nothing off.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pyo3::ffi;
@@ -22,13 +23,44 @@ use pyo3::Python;
 
 /// Longest a core keeps the GIL for one batch: past it, the next call releases the GIL and
 /// takes it again, so another core waiting for it gets a turn (latency stays bounded even when
-/// one read holds thousands of frames).
-pub const BATCH_TIME: Duration = Duration::from_millis(2);
+/// one read holds thousands of frames). Each handover between cores is costly (the waiting
+/// thread must be woken and scheduled, and the releasing one then waits for the GIL back): on
+/// 2 cores, word count ran 0.08 M words/s at 2 ms, 0.14–0.27 at 20 ms, 0.13–0.23 at 100 ms
+/// (README, Python; `BETTONG_PYTHON_BATCH_MS` overrides it).
+pub const BATCH_TIME: Duration = Duration::from_millis(20);
 
 thread_local! {
     /// The `PyGILState_Ensure` state this thread holds until its release task runs, if any,
     /// and when it was taken.
     static HELD: Cell<Option<(ffi::PyGILState_STATE, Instant)>> = const { Cell::new(None) };
+
+    /// Calls to [`with_python`] on this thread, for [`tick`].
+    static CALLS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// [`BATCH_TIME`], or the milliseconds in `BETTONG_PYTHON_BATCH_MS` (read once), for measuring
+/// other bounds (`python/bench/batch_time.sh`).
+fn batch_time() -> Duration {
+    static TIME: OnceLock<Duration> = OnceLock::new();
+    *TIME.get_or_init(|| {
+        std::env::var("BETTONG_PYTHON_BATCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(BATCH_TIME)
+    })
+}
+
+/// How many calls pass between two looks at the clock for [`BATCH_TIME`].
+const CHECK_EVERY: u32 = 32;
+
+/// True once every [`CHECK_EVERY`] calls on this thread.
+fn tick() -> bool {
+    CALLS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n % CHECK_EVERY == 0
+    })
 }
 
 /// Acquisitions made (one per batch), over every thread: the measure of batching.
@@ -39,7 +71,8 @@ pub static ACQUISITIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     match HELD.get() {
         None => hold_until_yield(),
-        Some((state, since)) if since.elapsed() >= BATCH_TIME => {
+        // The clock is read every CHECK_EVERY calls only (it cost 3 % of a word count's time).
+        Some((state, since)) if tick() && since.elapsed() >= batch_time() => {
             // SAFETY: `state` came from `PyGILState_Ensure` on this thread and is released
             // once: `HELD` is overwritten with the new state just below.
             unsafe { ffi::PyGILState_Release(state) };

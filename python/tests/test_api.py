@@ -156,6 +156,8 @@ def test_misspelled_and_missing_methods_fail_at_build_time() -> None:
         keyed.to_state(OneArg, wc.WordTotals)
     with pytest.raises(bt.BuildError, match="state class"):
         keyed.to_state(wc.CountWord, None)
+    with pytest.raises(bt.BuildError, match="key_by's function must take 1 argument"):
+        bt.source(bt.MemorySource([])).key_by(lambda a, b: a)
     with pytest.raises(bt.BuildError, match="native word count"):
         keyed.to_state(bt.native.Count()).to_sink(bt.MemorySink(), bt.native.WordCountEncoder())
 
