@@ -19,40 +19,50 @@ from .connectors import MemorySink, Sink, Source, TCPSink, source_plan
 class Computation(Protocol):
     """A ``to`` step as an object: ``compute(data)`` returns the output, or ``None`` to drop."""
 
-    def compute(self, data: Any) -> Any: ...
+    def compute(self, data: Any) -> Any:
+        """One output for ``data``, or ``None`` to drop it."""
 
 
 class ComputationMulti(Protocol):
     """A ``to_multi`` step as an object: ``compute_multi(data)`` returns an iterable."""
 
-    def compute_multi(self, data: Any) -> Iterable[Any]: ...
+    def compute_multi(self, data: Any) -> Iterable[Any]:
+        """Every output for ``data``."""
 
 
 class StateComputation(Protocol):
     """A state step as an object: ``compute(data, state)`` updates the key's state and returns
     the output, or ``None`` for no output."""
 
-    def compute(self, data: Any, state: Any) -> Any: ...
+    def compute(self, data: Any, state: Any) -> Any:
+        """Updates ``state`` (the key's own object) with ``data``; the output or ``None``."""
 
 
 class Encoder(Protocol):
     """An encoder as an object: ``encode(data)`` returns the ``bytes`` (or ``str``) to send."""
 
-    def encode(self, data: Any) -> Union[bytes, str]: ...
+    def encode(self, data: Any) -> Union[bytes, str]:
+        """The bytes for the sink (a ``str`` is sent as UTF-8)."""
 
 
 class StateCodec(Protocol):
     """How states are written into checkpoints, instead of pickle."""
 
-    def encode(self, state: Any) -> bytes: ...
+    def encode(self, state: Any) -> bytes:
+        """A key's state as bytes."""
 
-    def decode(self, data: bytes) -> Any: ...
+    def decode(self, data: bytes) -> Any:
+        """The state ``encode`` wrote."""
 
 
 Step = Union[Callable[[Any], Any], Computation, type]
+"""What ``to`` takes: a function, or a :class:`Computation` (object or class)."""
 StepMulti = Union[Callable[[Any], Iterable[Any]], ComputationMulti, native.SplitWords, type]
+"""What ``to_multi`` takes: a function, a :class:`ComputationMulti`, or a native splitter."""
 StateStep = Union[Callable[[Any, Any], Any], StateComputation, native.Count, type]
+"""What ``to_state`` takes: a function ``f(data, state)``, or a :class:`StateComputation`."""
 EncoderLike = Union[Callable[[Any], Union[bytes, str]], Encoder, native.WordCountEncoder, type]
+"""What ``to_sink`` takes as encoder: a function, or an :class:`Encoder`."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ from .api import Application
 from .connectors import FileSource
 
 OnError = Literal["reject", "stop"]
+"""What an exception in user code does: reject its record and go on, or stop the run."""
 
 
 @dataclass
