@@ -385,6 +385,20 @@ pub fn install_signal_handlers() -> Result<()> {
     Ok(())
 }
 
+/// Hands `stop` to the signal thread of [`install_signal_handlers`]: the first SIGINT or
+/// SIGTERM stops that engine gracefully (at once if one already came during start-up). Also
+/// used by the Python package's `run`.
+pub fn stop_on_signal(stop: bettong_engine::StopHandle) {
+    *SIGNALS.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+    // A signal that came during start-up found no handle: act on it now.
+    if SIGNALS.seen.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        tracing::info!(
+            "started after a signal: stopping: finishing the frames received, flushing output"
+        );
+        stop.stop();
+    }
+}
+
 /// Prints the ready line, runs until SIGINT or SIGTERM, stops gracefully, prints the stopped
 /// line and the final log. `what` names the server in errors.
 pub fn run_until_signal(
@@ -408,15 +422,7 @@ pub fn run_until_signal(
         running.cpus().len(),
         observers.metrics_addr(),
     ));
-    let stop = running.stop_handle();
-    *SIGNALS.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
-    // A signal that came during start-up found no handle: act on it now.
-    if SIGNALS.seen.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-        tracing::info!(
-            "started after a signal: stopping: finishing the frames received, flushing output"
-        );
-        stop.stop();
-    }
+    stop_on_signal(running.stop_handle());
     let report = running.join();
     drop(observers);
     let report = report.with_context(|| format!("running the {what}"))?;

@@ -47,7 +47,10 @@
 // Builder and callback types name every user type they carry; aliases would only hide them.
 #![allow(clippy::type_complexity)]
 
+mod merge_all;
 pub(crate) mod steps;
+
+pub use merge_all::MergeAll;
 
 use std::borrow::Cow;
 use std::marker::PhantomData;

@@ -1,0 +1,345 @@
+//! Starting, stopping and joining an application from Python: `start` returns a [`Running`]
+//! handle; `run` starts, waits (stopping gracefully on SIGINT/SIGTERM) and returns the report.
+//!
+//! The plan handed over by `bettong/__init__.py` is a plain dict (see `Application._plan`),
+//! read here once, before the engine starts; everything wrong with it is a Python exception
+//! that names the field.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bettong_engine::{
+    Checkpoints, Engine, FileSourceConfig, MemorySource, SinkConfig, SourceConfig, TcpSinkConfig,
+    TcpSourceConfig,
+};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use bettong::observe::{ObserveOptions, Observers};
+
+use crate::item::set_state_codec;
+use crate::python_pipeline::{build, KeyFn, PyApp, SourceSteps, Step, Tail};
+use crate::user_errors::UserErrors;
+
+/// A named callable from the plan: `(callable, name)`.
+type Named = (Py<PyAny>, String);
+
+#[derive(FromPyObject)]
+struct SourcePlan {
+    #[pyo3(item)]
+    kind: String,
+    #[pyo3(item)]
+    addr: Option<String>,
+    #[pyo3(item)]
+    path: Option<PathBuf>,
+    #[pyo3(item)]
+    frames: Option<Vec<Vec<u8>>>,
+    #[pyo3(item)]
+    max_frame: Option<usize>,
+    #[pyo3(item)]
+    decoder: Option<Named>,
+    #[pyo3(item)]
+    steps: Vec<(String, Option<Py<PyAny>>, String)>,
+    #[pyo3(item)]
+    key: Option<Named>,
+}
+
+#[derive(FromPyObject)]
+struct Plan {
+    #[pyo3(item)]
+    sources: Vec<SourcePlan>,
+    #[pyo3(item)]
+    state_class: Named,
+    #[pyo3(item)]
+    compute: Named,
+    #[pyo3(item)]
+    codec: Option<(Py<PyAny>, Py<PyAny>)>,
+    #[pyo3(item)]
+    encoder: Named,
+    #[pyo3(item)]
+    sink_kind: String,
+    #[pyo3(item)]
+    sink_addr: Option<String>,
+    /// Every step is a built-in native one: run the Rust word count itself.
+    #[pyo3(item)]
+    native: bool,
+}
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(format!("{e:#}"))
+}
+
+fn source_config(s: &SourcePlan) -> PyResult<SourceConfig> {
+    Ok(match s.kind.as_str() {
+        "tcp" => {
+            let spec = s.addr.as_deref().unwrap_or_default();
+            let (_name, addr) = bettong::serve::parse_input(spec).map_err(err)?;
+            let mut cfg = TcpSourceConfig::new(addr);
+            cfg.io = bettong::serve::io_backend_from_env().map_err(err)?;
+            if let Some(m) = s.max_frame {
+                cfg.max_frame = m;
+            }
+            SourceConfig::Tcp(cfg)
+        }
+        "file" => {
+            let mut cfg = FileSourceConfig::new(s.path.clone().unwrap_or_default());
+            if let Some(m) = s.max_frame {
+                cfg.max_frame = m;
+            }
+            SourceConfig::File(cfg)
+        }
+        "memory" => SourceConfig::Memory(MemorySource::from_frames(
+            s.frames.clone().unwrap_or_default(),
+        )),
+        other => return Err(err(format!("unknown source kind {other:?}"))),
+    })
+}
+
+fn sink_config(plan: &Plan) -> PyResult<SinkConfig> {
+    Ok(match plan.sink_kind.as_str() {
+        "tcp" => {
+            let addr = plan.sink_addr.as_deref().unwrap_or_default();
+            SinkConfig::Tcp(TcpSinkConfig::new(
+                bettong::serve::resolve(addr, "the TCP sink's address").map_err(err)?,
+            ))
+        }
+        "memory" => SinkConfig::Memory,
+        other => return Err(err(format!("unknown sink kind {other:?}"))),
+    })
+}
+
+fn py_app(py: Python<'_>, plan: &Plan, errors: Arc<UserErrors>) -> PyResult<Arc<PyApp>> {
+    let sources = plan
+        .sources
+        .iter()
+        .map(|s| {
+            let steps = s
+                .steps
+                .iter()
+                .map(|(kind, f, name)| match (kind.as_str(), f) {
+                    ("to", Some(f)) => Ok(Step::To(f.clone_ref(py), name.clone())),
+                    ("to_multi", Some(f)) => Ok(Step::ToMulti(f.clone_ref(py), name.clone())),
+                    ("native_split", _) => Ok(Step::NativeSplit),
+                    _ => Err(err(format!("step {name}: unknown kind {kind:?}"))),
+                })
+                .collect::<PyResult<_>>()?;
+            Ok(SourceSteps {
+                decoder: s
+                    .decoder
+                    .as_ref()
+                    .map(|(f, n)| (f.clone_ref(py), n.clone())),
+                steps,
+                key: match &s.key {
+                    Some((f, n)) => KeyFn::Py(f.clone_ref(py), n.clone()),
+                    None => KeyFn::Identity,
+                },
+            })
+        })
+        .collect::<PyResult<_>>()?;
+    let named = |(f, n): &Named| (f.clone_ref(py), n.clone());
+    Ok(Arc::new(PyApp {
+        sources,
+        tail: Tail {
+            state_class: named(&plan.state_class),
+            compute: named(&plan.compute),
+            encoder: named(&plan.encoder),
+        },
+        errors,
+    }))
+}
+
+/// A running application.
+#[pyclass(module = "bettong._native")]
+pub struct Running {
+    running: Mutex<Option<bettong_engine::Running>>,
+    stop: bettong_engine::StopHandle,
+    errors: Arc<UserErrors>,
+    local_addr: Option<String>,
+    /// The metrics server, if `metrics_addr` was given; stopped by [`Running::join`].
+    observers: Mutex<Option<Observers>>,
+    metrics_addr: Option<String>,
+    cores: usize,
+    /// SIGINT/SIGTERM stop this engine ([`stop_on_signals`]).
+    on_signals: std::sync::atomic::AtomicBool,
+}
+
+#[pymethods]
+impl Running {
+    /// Asks the engine to stop gracefully: sources stop, what was read is finished and the
+    /// sinks are flushed. Returns at once; `join` waits.
+    fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// The address the TCP source listens on (the real port when 0 was asked), if any.
+    #[getter]
+    fn local_addr(&self) -> Option<String> {
+        self.local_addr.clone()
+    }
+
+    /// How many cores the engine runs on.
+    /// Where the metrics are served (`/metrics`, `/metrics.json`, the page), if they are.
+    #[getter]
+    fn metrics_addr(&self) -> Option<String> {
+        self.metrics_addr.clone()
+    }
+
+    #[getter]
+    fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// Waits until the engine has finished; returns `(stopped_json, outputs, rejected)`: the
+    /// metrics as `bettong serve`'s stopped line, each core's output (memory sinks), and the
+    /// records rejected by exceptions in user code. Raises the first exception under
+    /// `on_error="stop"`, or the engine's error.
+    fn join(&self, py: Python<'_>) -> PyResult<(String, Py<PyList>, u64)> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("join: this application was already joined"))?;
+        let report = py.detach(|| running.join());
+        drop(
+            self.observers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        set_state_codec(None);
+        if self.on_signals.load(std::sync::atomic::Ordering::Relaxed) {
+            // A SIGINT also set Python's own flag; the signal was handled (the graceful stop),
+            // so its KeyboardInterrupt is consumed here rather than raised after the return.
+            match py.check_signals() {
+                Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => {}
+                other => other?,
+            }
+        }
+        let report = report
+            .map_err(|e| PyRuntimeError::new_err(format!("the Bettong engine failed: {e}")))?;
+        if let Some(e) = self.errors.take_first() {
+            return Err(e);
+        }
+        let outputs = PyList::empty(py);
+        for o in &report.outputs {
+            outputs.append(PyBytes::new(py, o))?;
+        }
+        Ok((
+            bettong::serve::stopped_line(&report),
+            outputs.unbind(),
+            self.errors
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+/// Starts the application described by `plan` (see `bettong.Application`) and returns at once,
+/// with its sources listening.
+#[pyfunction]
+#[pyo3(signature = (plan, cores=None, on_error="reject", resilience_dir=None, checkpoint_interval=1.0, metrics_addr=None))]
+pub fn start(
+    py: Python<'_>,
+    plan: &Bound<'_, PyDict>,
+    cores: Option<usize>,
+    on_error: &str,
+    resilience_dir: Option<PathBuf>,
+    checkpoint_interval: f64,
+    metrics_addr: Option<String>,
+) -> PyResult<Running> {
+    let plan: Plan = plan.extract()?;
+    let stop_on_error = match on_error {
+        "reject" => false,
+        "stop" => true,
+        other => {
+            return Err(err(format!(
+                "on_error must be \"reject\" or \"stop\", not {other:?}"
+            )))
+        }
+    };
+    let sources = plan
+        .sources
+        .iter()
+        .map(source_config)
+        .collect::<PyResult<Vec<_>>>()?;
+    let sink = sink_config(&plan)?;
+    let mut engine = Engine::new();
+    if let Some(n) = cores {
+        if n == 0 {
+            return Err(err("cores must be at least 1"));
+        }
+        engine = engine.cores(n);
+    }
+    let checkpoints = match resilience_dir {
+        Some(dir) => {
+            if !(checkpoint_interval > 0.0 && checkpoint_interval < 1e7) {
+                return Err(err(
+                    "checkpoint_interval must be a positive number of seconds",
+                ));
+            }
+            Some(Checkpoints::new(dir).interval(Duration::from_secs_f64(checkpoint_interval)))
+        }
+        None => None,
+    };
+    let errors = Arc::new(UserErrors::new(stop_on_error));
+    let started = if plan.native {
+        let app = bettong::app::word_count();
+        py.detach(|| match checkpoints {
+            Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),
+            None => engine.start(app, sources, sink),
+        })
+    } else {
+        set_state_codec(
+            plan.codec
+                .as_ref()
+                .map(|(e, d)| (e.clone_ref(py), d.clone_ref(py))),
+        );
+        let app = build(py_app(py, &plan, errors.clone())?);
+        py.detach(|| match checkpoints {
+            Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),
+            None => engine.start(app, sources, sink),
+        })
+    };
+    let running = started
+        .map_err(|e| PyRuntimeError::new_err(format!("the Bettong engine could not start: {e}")))?;
+    // The metrics server (`metrics_addr`) of `bettong serve --metrics-addr`, on its own threads.
+    let observe = ObserveOptions {
+        metrics_addr,
+        progress_interval: Duration::ZERO,
+    };
+    let observers = match Observers::start(&observe, running.metrics()) {
+        Ok(o) => o,
+        Err(e) => {
+            running.stop();
+            let _ = py.detach(|| running.join());
+            return Err(err(format!("{e:#}")));
+        }
+    };
+    let stop = running.stop_handle();
+    errors.arm(stop.clone());
+    Ok(Running {
+        metrics_addr: observers.metrics_addr().map(|a| a.to_string()),
+        observers: Mutex::new(Some(observers)),
+        local_addr: running.local_addr().map(|a| a.to_string()),
+        cores: running.cpus().len(),
+        running: Mutex::new(Some(running)),
+        on_signals: false.into(),
+        stop,
+        errors,
+    })
+}
+
+/// Makes SIGINT and SIGTERM stop `running` gracefully (a second signal exits at once with
+/// status 130), as `bettong serve` does.
+#[pyfunction]
+pub fn stop_on_signals(running: &Running) -> PyResult<()> {
+    bettong::serve::install_signal_handlers().map_err(err)?;
+    bettong::serve::stop_on_signal(running.stop.clone());
+    running
+        .on_signals
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
