@@ -85,8 +85,8 @@ def default_cores(app: Application) -> Optional[int]:
     """The core count used when ``cores`` is not given: every online core (``None``) for the
     built-in native word count and on a free-threaded CPython, but 1 when user Python code runs
     under the GIL. There the cores' Python serialises on one lock and every handover costs more
-    than the Rust work it lets overlap: the talk's word count ran 0.50 / 0.61 M words/s on 1
-    core against 0.25 / 0.35 on 2 (README, Python)."""
+    than the Rust work it lets overlap: the talk's word count ran 0.512 / 0.394 M words/s on
+    1 core against 0.293 / 0.200 on 2 (README, "Python benchmark")."""
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     return 1 if gil and not app.plan()["native"] else None
 
