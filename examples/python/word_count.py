@@ -88,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--in", dest="input", required=True,
                    help="[NAME@]HOST:PORT to listen on, or file:PATH of a framed file")
     p.add_argument("--out", required=True, help="HOST:PORT of the receiver")
-    p.add_argument("--cores", type=int, default=None, help="cores (default: every online core)")
+    p.add_argument("--cores", type=int, default=None, help="cores (default: 1 for Python steps under the GIL, every online core with --native)")
     p.add_argument("--max-frame", type=int, default=None, help="largest payload (default 1 MiB)")
     p.add_argument("--resilience-dir", default=None,
                    help="checkpoint the counts here, and restore from it at start")

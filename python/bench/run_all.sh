@@ -3,12 +3,12 @@
 # interleaved round by round so that load from elsewhere on the machine falls on all alike.
 # Each figure is the corpus's words over the command's wall time (interpreter start included).
 #
-#   python/bench/run_all.sh CORPUS ROUNDS BETTONG_PYTHON BYTEWAX_PYTHON
+#   python/bench/run_all.sh CORPUS ROUNDS BETTONG_PYTHON [BYTEWAX_PYTHON]
 #
 # BETTONG_PYTHON: a python3 with `pip install ./python` done; BYTEWAX_PYTHON: one with
 # `pip install bytewax==0.21.1` (kept apart: Bytewax is not a dependency of this project).
 set -euo pipefail
-corpus=$1 rounds=$2 bt=$3 bw=$4
+corpus=$1 rounds=$2 bt=$3 bw=${4:-}
 here="$(cd "$(dirname "$0")" && pwd)"
 example="$here/../../examples/python/word_count.py"
 words=$(python3 -c "import sys; print(sum(int(l.split('\t')[1]) for l in open(sys.argv[1] + '.counts')))" "$corpus")
@@ -23,21 +23,23 @@ timed() {  # NAME CMD... : prints "NAME M-words/s"
     "$name" "$words" "$t0" "$t1"
 }
 
-bettong() {  # CORES [--native]: the example with a file source into a counting receiver
+bettong() {  # [ARGS...]: the example with a file source into a counting receiver
   local port=$((20000 + RANDOM % 20000))
   python3 "$here/sink.py" "$port" "$words" &
   local sink=$!
   sleep 0.3
-  "$bt" "$example" --in "file:$corpus" --out "127.0.0.1:$port" --cores "$@"
+  "$bt" "$example" --in "file:$corpus" --out "127.0.0.1:$port" "$@"
   wait "$sink"
 }
 
 for r in $(seq "$rounds"); do
   echo "# round $r"
-  timed "bettong-python-1-core" bettong 1
-  timed "bettong-python-2-cores" bettong 2
-  timed "bettong-native-2-cores" bettong 2 --native
+  timed "bettong-python-default-cores" bettong
+  timed "bettong-python-1-core" bettong --cores 1
+  timed "bettong-python-2-cores" bettong --cores 2
+  timed "bettong-native-2-cores" bettong --cores 2 --native
   timed "plain-python-loop" "$bt" "$here/plain_loop.py" "$corpus"
+  [ -n "$bw" ] || continue  # no Bytewax python given: the Bettong and plain-loop rows only
   (cd "$here" && timed "bytewax-w1" "$bw" -m bytewax.run "bytewax_wc:flow('$corpus')" -w 1)
   (cd "$here" && timed "bytewax-w2" "$bw" -m bytewax.run "bytewax_wc:flow('$corpus')" -w 2)
   (cd "$here" && timed "bytewax-p2" "$bw" -m bytewax.testing "bytewax_wc:flow('$corpus')" -w 1 -p 2)

@@ -209,3 +209,16 @@ def test_start_and_stop_from_code(receiver) -> None:
     report = running.join()
     assert report.metrics["frames_in"] == 1
     assert sorted(receiver.lines()) == ["gently => 1", "me => 1", "stop => 1"]
+
+
+def test_python_steps_default_to_one_core_under_the_gil() -> None:
+    """Without ``cores``, Python steps run on 1 core under the GIL (faster than 2, README),
+    and the native word count on every online core."""
+    frames = ["a b a", "b c"]
+    python_app = wc.application(bt.MemorySource(frames), bt.MemorySink())
+    report = bt.run(python_app, handle_signals=False)
+    assert len(report.per_core) == 1
+    assert sorted(report.lines()) == ["a => 1", "a => 2", "b => 1", "b => 2", "c => 1"]
+    native_app = wc.application(bt.MemorySource(frames), bt.MemorySink(), native=True)
+    native = bt.run(native_app, handle_signals=False)
+    assert sorted(native.lines()) == sorted(report.lines())
