@@ -266,8 +266,8 @@ pub struct NamedHistogram {
 fn nanos_to_micros(ns: &Histogram<u64>) -> Histogram<u64> {
     // The stages' own precision (2 significant digits): an eighth of `new_histogram`'s memory,
     // which matters because exporters convert every stage of every core at each sample.
-    let mut us = Histogram::new_with_bounds(1, 3_600_000_000, 2)
-        .expect("static histogram bounds are valid");
+    let mut us =
+        Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds are valid");
     for v in ns.iter_recorded() {
         us.saturating_record_n(v.value_iterated_to() / 1000, v.count_at_value());
     }
