@@ -14,9 +14,7 @@ use bettong_engine::{
     Checkpoints, Engine, FileSourceConfig, MemorySource, SinkConfig, SourceConfig,
 };
 
-use crate::support::{
-    final_metrics, frame_all, reference_counts, start_receiver, total_lines, Server, WAIT,
-};
+use crate::support::{frame_all, reference_counts, start_receiver, total_lines, Server};
 
 /// A fresh directory under the system's temporary directory.
 fn temp_dir(name: &str) -> PathBuf {
@@ -257,14 +255,7 @@ fn serve_rejects_a_one_mib_word_and_counts_the_others() {
     );
     drop((conn, busy_conn));
     thread::sleep(Duration::from_millis(200));
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert_eq!(m["keys_rejected"], 2, "{}", server.stderr());
     assert_eq!(m["frames_rejected"], 0, "{}", server.stderr());
     server.finish_and_check(receiver, &expected, "a 1 MiB word beside normal words");
@@ -288,14 +279,7 @@ fn serve_max_key_bytes_flag() {
     conn.write_all(&frame_all(&frames)).unwrap();
     server.await_lines(&receiver, total_lines(&expected), "--max-key-bytes 4");
     drop(conn);
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert_eq!(m["keys_rejected"], 2, "{}", server.stderr());
     server.finish_and_check(receiver, &expected, "--max-key-bytes 4");
 

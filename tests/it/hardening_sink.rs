@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use bettong::corpus::{frame_lines, split_frames, BILL_OF_RIGHTS};
 
-use crate::support::{
-    final_metrics, frame_all, reference_counts, Server, ShServer, TestSink, WAIT,
-};
+use crate::support::{frame_all, reference_counts, Server, ShServer, TestSink, WAIT};
 
 /// Lines of word-count output for one Bill of Rights.
 const BILL_LINES: u64 = 482;
@@ -204,10 +202,7 @@ fn sink_that_accepts_and_closes_at_once_is_retried_with_backoff() {
     check_exactly_once(&sink.data(), &expected, &server.stderr());
 
     drop(client);
-    server.signal("TERM");
-    let status = server.wait_exit(WAIT);
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
-    let metrics = final_metrics(&server).expect("the stopped line");
+    let metrics = server.stop_gracefully();
     eprintln!(
         "accept-and-close sink for {storm:?}: {closed} connections closed at once, {logged} log \
          lines about them; {} sink_connects, {} sink_connect_failures in all",

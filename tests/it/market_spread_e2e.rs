@@ -84,26 +84,6 @@ fn assert_result_fields(r: &OrderResult, o: &Order, state: &SymbolState, window:
     );
 }
 
-/// Sends SIGTERM, expects exit 0, and returns the stopped line's metrics.
-#[track_caller]
-fn stop(ms: &mut MarketServer) -> HashMap<String, u64> {
-    ms.server.signal("TERM");
-    let status = ms.server.wait_exit(WAIT);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM should exit 0, got {status}; stderr:\n{}",
-        ms.server.stderr()
-    );
-    final_metrics(&ms.server).unwrap_or_else(|| {
-        panic!(
-            "no stopped line on stdout:\n{}\nstderr:\n{}",
-            ms.server.stdout(),
-            ms.server.stderr()
-        )
-    })
-}
-
 /// Waits for `n` results in all (probes included), fails the test with the server's stderr
 /// otherwise, then listens [`SETTLE`] longer.
 #[track_caller]
@@ -635,7 +615,7 @@ fn bad_input_rows_reject_frames_close_or_drop_as_specified() {
         .expect_stderr("rejected", "the rejected frames are logged (rate-limited)");
 
     drop((orders_conn, nbbo_conn));
-    let m = stop(&mut ms);
+    let m = ms.server.stop_gracefully();
     let stderr = ms.server.stderr();
     assert_eq!(
         m["frames_rejected"], rejected,

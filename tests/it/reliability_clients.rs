@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bettong::corpus::{push_frame, split_frames};
 
 use crate::support::{
-    busy_inputs, final_metrics, reference_counts, rss_mib, send_busy, send_in_chunks,
-    start_receiver, total_lines, Rng, Server, WAIT,
+    busy_inputs, reference_counts, rss_mib, send_busy, send_in_chunks, start_receiver, total_lines,
+    Rng, Server, WAIT,
 };
 
 fn expected_of(inputs: &[Vec<u8>]) -> HashMap<String, u64> {
@@ -217,14 +217,7 @@ fn slow_loris_half_frames_are_timed_out_without_holding_others_up() {
     }
     server.await_lines(&receiver, total_lines(&expected), "after the lorises");
     drop(patient);
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert_eq!(m["connections_idle_closed"], 20, "{}", server.stderr());
     server.finish_and_check(receiver, &expected, "busy clients beside lorises");
     eprintln!(
@@ -282,14 +275,7 @@ fn connect_disconnect_storm_leaves_others_exact_and_the_log_readable() {
     let expected = expected_of(&inputs);
     server.await_lines(&receiver, total_lines(&expected), "busy clients in a storm");
     thread::sleep(Duration::from_millis(300));
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert!(
         m["connections_accepted"] >= STORM as u64,
         "{} connections accepted",
@@ -372,14 +358,7 @@ fn oversized_headers_bad_utf8_and_resets_leave_others_exact() {
         );
     }
     thread::sleep(Duration::from_millis(200));
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert_eq!(m["connections_oversized"], 2, "{}", server.stderr());
     assert_eq!(m["frames_rejected"], 50, "{}", server.stderr());
     assert_eq!(m["connections_truncated"], 10, "{}", server.stderr());
@@ -436,14 +415,7 @@ fn connections_over_the_per_core_limit_are_refused_and_others_served() {
         total_lines(&expected),
         "after the limit freed up",
     );
-    server.signal("TERM");
-    assert_eq!(
-        server.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        server.stderr()
-    );
-    let m = final_metrics(&server).expect("final metrics");
+    let m = server.stop_gracefully();
     assert_eq!(m["connections_refused"], (TRIES - 2 * LIMIT) as u64);
     server.expect_stderr(
         "(the per-core connection limit)",

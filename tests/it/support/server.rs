@@ -253,6 +253,28 @@ impl Server {
         }
     }
 
+    /// Stops the server the way an operator does (SIGTERM), fails the test unless it exits 0
+    /// within [`WAIT`], and returns its final counters (summed over its cores) from its
+    /// `{"event":"stopped",…}` line.
+    #[track_caller]
+    pub fn stop_gracefully(&mut self) -> HashMap<String, u64> {
+        self.signal("TERM");
+        let status = self.wait_exit(WAIT);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM should stop bettong with exit 0, got {status}; stderr:\n{}",
+            self.stderr()
+        );
+        final_metrics(self).unwrap_or_else(|| {
+            panic!(
+                "bettong exited 0 without its stopped line; stdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+
     /// Waits until `receiver` has at least `n` lines, failing the test with both sides' state if
     /// they do not come within [`WAIT`]; then listens [`SETTLE`] longer so extra lines show up.
     #[track_caller]
