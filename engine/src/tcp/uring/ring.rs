@@ -15,9 +15,8 @@
 //! the [`Ring::drive`] task awaits that eventfd through a glommio `BufferedFile` read, which
 //! glommio submits to its own ring (exactly how glommio waits on its own wake-up eventfd). An
 //! idle core therefore parks in glommio's `io_uring_enter` like any other idle glommio core: the
-//! source ring adds no spinning and no timer of its own. (The core is still woken every 10 ms by
-//! the engine's stop watcher, which looks whether a stop was requested; that is the runtime's
-//! timer, the same on both backends, and it finds this ring idle.) While a task reaps, the
+//! source ring adds no spinning and no timer of its own (nor does the runtime: a stop request
+//! and a checkpoint request wake the core through a `RemoteNotify`). While a task reaps, the
 //! eventfd is switched off
 //! (`IORING_CQ_EVENTFD_DISABLED`), so a busy core does not pay for wake-ups it does not need.
 //!
