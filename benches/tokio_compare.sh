@@ -13,7 +13,8 @@
 # ../shared/tools/gen_corpus.py.) Env: SERVER_CPU (1), CLIENT_CPU (0), DURATION (3 s per
 # fixed-rate phase), RATES ("1000 20000 max"). Prints one line per run, then each
 # (rate, server)'s range over the rounds; probe latency in µs, CPU/msg is the server process's
-# CPU time over the phase (from /proc) per message.
+# CPU time over the phase (from /proc) per message. msgs/s counts the probes too (1000/s): at
+# a rate of 1000 the server takes in about 2000 messages a second.
 set -eu
 B=$1; TOKIO=$2; CORPUS=$3; ROUNDS=${4:-3}
 SERVER_CPU=${SERVER_CPU:-1}; CLIENT_CPU=${CLIENT_CPU:-0}; DURATION=${DURATION:-3}
@@ -51,12 +52,14 @@ echo "round server rate_asked msgs_per_s probe_p50 probe_p99 probe_p999 cpu_us_p
 for round in $(seq 1 "$ROUNDS"); do
   max=$(bench tokio-wc 0 | awk '$1 == "full-speed" {print $3}')
   echo "$round tokio-wc full-speed $max - - - -"
-  for rate in $RATES; do
-    [ "$rate" = max ] && rate=${max:-0}
+  for label in $RATES; do
+    rate=$label
+    [ "$label" = max ] && rate=${max:-0}
     [ "$rate" -gt 0 ] || continue
     for server in tokio-wc bettong-uring bettong-glommio; do
-      bench "$server" "$rate" | awk -v r="$round" -v s="$server" \
-        '$1 == "fixed-rate" {print r, s, $2, $3, $4, $5, $6, $7}'
+      # The rate column is the label (`max` stands for this round's tokio-wc full speed).
+      bench "$server" "$rate" | awk -v r="$round" -v s="$server" -v l="$label" \
+        '$1 == "fixed-rate" {print r, s, l, $3, $4, $5, $6, $7}'
     done
   done
 done | tee "$OUT/runs"
@@ -69,14 +72,14 @@ rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.split()
     if len(f) == 8 and f[0].isdigit() and f[2] != "full-speed":
-        rows[(int(f[2]), f[1])].append(f[3:])
+        rows[(int(f[2]) if f[2].isdigit() else 1 << 62, f[2], f[1])].append(f[3:])
 def rng(vals):
     v = [float(x) for x in vals if x not in ("-", "None")]
     if not v:
         return "-"
     fmt = (lambda x: f"{x:.2f}") if max(v) < 100 else (lambda x: f"{x:.0f}")
     return fmt(min(v)) if min(v) == max(v) else f"{fmt(min(v))}-{fmt(max(v))}"
-for (rate, server), runs in sorted(rows.items()):
+for (_, rate, server), runs in sorted(rows.items()):
     cols = " | ".join(rng([r[i] for r in runs]) for i in range(5))
     print(f"{server} {rate} | {cols}")
 EOF

@@ -120,11 +120,16 @@ impl Ring {
         // else this source uses (provided-buffer rings, multishot accept and receive, sync
         // cancel), so a kernel that refuses it gets the glommio backend instead
         // ([`crate::tcp::listen`] says so).
-        let uring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
+        // `BETTONG_URING_DEFER=0` (a measurement knob, see tuning.md) leaves DEFER_TASKRUN off:
+        // the kernel then runs a receive's completion as soon as it can, interrupting the
+        // thread (or ending its sleep), instead of waiting for this core's next enter.
+        let defer = std::env::var("BETTONG_URING_DEFER").map_or(true, |v| v != "0");
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq).setup_single_issuer();
+        if defer {
+            builder.setup_defer_taskrun().setup_taskrun_flag();
+        }
+        let uring = builder
             .build(params.entries)
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) => io::Error::new(
