@@ -771,13 +771,7 @@ impl Loopback {
             .zip(cpu_before)
             .map(|(a, b)| a.saturating_sub(b));
         let after = metrics.total();
-        let probe = self.probes.percentiles();
-        if probes_sent > 0 && probe.count + 10 < probes_sent {
-            tracing::warn!(
-                "only {} of {probes_sent} probe outputs were matched",
-                probe.count
-            );
-        }
+        warn_unmatched_probes(&self.probes, probes_sent);
         Ok(Phase {
             name: name.into(),
             // Frames the engine took in: every one of them has its output at the receiver.
@@ -809,6 +803,14 @@ impl Loopback {
     }
 }
 
+/// Warns when more than a few of the `sent` probes had no output line matched.
+fn warn_unmatched_probes(probes: &Probes, sent: u64) {
+    let matched = probes.percentiles().count;
+    if sent > 0 && matched + 10 < sent {
+        tracing::warn!("only {matched} of {sent} probe outputs were matched");
+    }
+}
+
 /// [`Loopback::measure`] against an external server: the phase ends with the last output line
 /// that arrived (the output then stays still), words are output lines (one per word), and the
 /// CPU is the server process's.
@@ -829,13 +831,7 @@ fn measure_external(
         .cpu()
         .zip(cpu_before)
         .map(|(a, b)| a.saturating_sub(b));
-    let probe = probes.percentiles();
-    if probes_sent > 0 && probe.count + 10 < probes_sent {
-        tracing::warn!(
-            "only {} of {probes_sent} probe outputs were matched",
-            probe.count
-        );
-    }
+    warn_unmatched_probes(probes, probes_sent);
     Ok(Phase {
         name: name.into(),
         messages: sent + probes_sent,
