@@ -18,8 +18,10 @@ use std::task::{Context, Poll, Waker};
 /// Wakes, from any thread, every task waiting on it.
 ///
 /// Each waiting task leaves one waker, and a task that waits again replaces its own (glommio
-/// wakers of one task compare equal with `will_wake`), so a task that abandons waits (raced
-/// with `or`) still holds one entry at most.
+/// wakers of one task compare equal with `will_wake`). A wait that is dropped unresolved (raced
+/// with `or`, or its task cancelled) takes its waker back out, on its own thread: no waker of a
+/// finished task is left for another thread to wake or drop after its executor is gone. A task
+/// has at most one wait on a given `RemoteNotify` at a time (the two in this crate do).
 #[derive(Debug, Default)]
 pub(crate) struct RemoteNotify {
     generation: AtomicU64,
@@ -43,6 +45,7 @@ impl RemoteNotify {
         RemoteWait {
             notify: self,
             seen: self.generation.load(Ordering::Acquire),
+            registered: None,
         }
     }
 
@@ -61,16 +64,19 @@ impl RemoteNotify {
 struct RemoteWait<'a> {
     notify: &'a RemoteNotify,
     seen: u64,
+    /// The waker this wait left in the list, to take out if it is dropped unresolved.
+    registered: Option<Waker>,
 }
 
 impl Future for RemoteWait<'_> {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let changed = || self.notify.generation.load(Ordering::Acquire) != self.seen;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let (notify, seen) = (self.notify, self.seen);
+        let changed = || notify.generation.load(Ordering::Acquire) != seen;
         if changed() {
             return Poll::Ready(());
         }
-        let mut wakers = self.notify.lock();
+        let mut wakers = notify.lock();
         // Checked again under the lock: a notify that bumped the generation after the check
         // above has either taken the list already (and this sees its bump) or will take it
         // with this waker in it.
@@ -81,7 +87,18 @@ impl Future for RemoteWait<'_> {
             Some(w) => w.clone_from(cx.waker()),
             None => wakers.push(cx.waker().clone()),
         }
+        drop(wakers);
+        self.registered = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for RemoteWait<'_> {
+    fn drop(&mut self) {
+        if let Some(mine) = self.registered.take() {
+            // Gone already if a notify took the list; then this removes nothing.
+            self.notify.lock().retain(|w| !w.will_wake(&mine));
+        }
     }
 }
 
@@ -100,20 +117,24 @@ mod tests {
     }
 
     #[test]
-    fn a_notify_from_another_thread_wakes_the_waiter_once_and_abandoned_waits_do_not_pile_up() {
+    fn a_notify_from_another_thread_wakes_the_waiter_once_and_dropped_waits_leave_nothing() {
         let counter = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
         let n = Arc::new(RemoteNotify::default());
+        let mut kept = Vec::new();
         for _ in 0..1000 {
             let mut w = Box::pin(n.wait());
             assert!(w.as_mut().poll(&mut cx).is_pending());
+            kept.push(w);
         }
         assert_eq!(
             n.waiting(),
             1,
             "one task leaves one waker, however often it waits"
         );
+        drop(kept);
+        assert_eq!(n.waiting(), 0, "dropped waits take their waker back");
         let mut w = Box::pin(n.wait());
         assert!(w.as_mut().poll(&mut cx).is_pending());
         let other = n.clone();
