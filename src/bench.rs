@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use bettong_engine::{Engine, MemorySource, MetricsSnapshot, SinkConfig, SourceConfig};
 use hdrhistogram::Histogram;
 
+use crate::external_server::ExternalServer;
 use crate::metrics_table::{per_core_table, snapshot_json, stage_rows, stage_table, StageRow};
 use crate::placement::Placement;
 use crate::probes::Probes;
@@ -59,6 +60,9 @@ pub struct BenchOptions {
     /// Instead of one fixed-rate phase, one at each of [`crate::sweep::SWEEP_FRACTIONS`] of
     /// the full-speed rate (`--sweep`).
     pub sweep: bool,
+    /// Measure another word-count server instead of the engine (`--server-cmd`): a command line
+    /// with `{IN}` and `{OUT}`, as loadgen takes ([`crate::external_server`]).
+    pub server_cmd: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -75,6 +79,7 @@ impl Default for BenchOptions {
             rate: None,
             duration: Duration::from_secs(3),
             sweep: false,
+            server_cmd: None,
         }
     }
 }
@@ -289,7 +294,10 @@ impl BenchReport {
             "engine µs p50/p90/p99/p99.9/max",
             "probe µs p50/p90/p99/p99.9/max"
         );
-        let pct = |p: &Percentiles| format!("{}/{}/{}/{}/{}", p.p50, p.p90, p.p99, p.p999, p.max);
+        let pct = |p: &Percentiles| match p.count {
+            0 => "-".into(),
+            _ => format!("{}/{}/{}/{}/{}", p.p50, p.p90, p.p99, p.p999, p.max),
+        };
         for p in &self.phases {
             let name = match p.target_rate {
                 Some(r) => format!("{} ({r}/s)", p.name),
@@ -327,11 +335,14 @@ impl BenchReport {
             s += &format!("{}: where the engine's time went, per core\n", p.name);
             s += &stage_table(&p.stages);
         }
-        s += &format!(
-            "state: {} distinct words, ~{:.0} bytes each\n",
-            self.keys, self.bytes_per_key
-        );
-        s += &per_core_table(&self.per_core);
+        // An external server (`--server-cmd`) has no engine counters to show.
+        if !self.per_core.is_empty() {
+            s += &format!(
+                "state: {} distinct words, ~{:.0} bytes each\n",
+                self.keys, self.bytes_per_key
+            );
+            s += &per_core_table(&self.per_core);
+        }
         s
     }
 }
@@ -381,6 +392,9 @@ fn load_corpus(opts: &BenchOptions) -> Result<(Vec<u8>, String)> {
 /// Runs the bench.
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let (corpus, corpus_name) = load_corpus(opts)?;
+    if opts.in_process && opts.server_cmd.is_some() {
+        bail!("--server-cmd measures a server over loopback; drop --in-process");
+    }
     if opts.in_process {
         run_in_process(opts, corpus, corpus_name)
     } else {
@@ -573,9 +587,10 @@ fn run_probes(addr: SocketAddr, probes: Arc<Probes>, stop: Arc<AtomicBool>) -> R
 
 fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<BenchReport> {
     let place = placement(opts)?;
-    // The sink, sender and probe threads are started by this thread, so they inherit its CPUs.
+    // The sink, sender and probe threads are started by this thread, so they inherit its CPUs
+    // (so would an external server: its command pins it, `taskset -c`).
     let _pinned = place.pin_clients()?;
-    let bench = Loopback::start(opts, &place)?;
+    let mut bench = Loopback::start(opts, &place)?;
     let clients = place.describe(&format!(
         "sender ({} connections), receiver and probe threads",
         opts.connections
@@ -601,10 +616,16 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
     } else if rate > 0 {
         phases.push(bench.fixed_rate(&corpus, opts, rate)?);
     }
-    let report = bench.finish()?;
-    let (keys, bytes_per_key) = state_figures(&report.total());
+    let external = bench.server.is_external();
+    let (keys, bytes_per_key, per_core) = match bench.finish()? {
+        Some(report) => {
+            let (keys, per_key) = state_figures(&report.total());
+            (keys, per_key, report.metrics)
+        }
+        None => (0, 0.0, Vec::new()),
+    };
     Ok(BenchReport {
-        mode: "loopback".into(),
+        mode: if external { "external" } else { "loopback" }.into(),
         server_cpus: place.server.clone(),
         client_cpus: place.clients.clone(),
         clients,
@@ -612,17 +633,28 @@ fn run_loopback(opts: &BenchOptions, corpus: Vec<u8>, name: String) -> Result<Be
         phases,
         keys,
         bytes_per_key,
-        per_core: report.metrics,
+        per_core,
     })
+}
+
+/// The server a loopback bench measures: the engine, in this process, or another process.
+enum Server {
+    Engine(bettong_engine::Running),
+    External(ExternalServer),
+}
+
+impl Server {
+    fn is_external(&self) -> bool {
+        matches!(self, Server::External(_))
+    }
 }
 
 /// A word-count server on loopback with the bench's receiver and probes, between phases.
 struct Loopback {
-    server: bettong_engine::Running,
+    server: Server,
     addr: SocketAddr,
     sink: BenchSink,
     probes: Arc<Probes>,
-    metrics: bettong_engine::Metrics,
     connections: usize,
 }
 
@@ -631,6 +663,16 @@ impl Loopback {
         let max_probes = (opts.duration.as_millis() as usize + 2000).max(4096);
         let probes = Arc::new(Probes::new(max_probes));
         let sink = BenchSink::start(probes.clone())?;
+        if let Some(cmd) = &opts.server_cmd {
+            let server = ExternalServer::start(cmd, sink.addr)?;
+            return Ok(Loopback {
+                addr: server.addr,
+                server: Server::External(server),
+                sink,
+                probes,
+                connections: opts.connections.max(1),
+            });
+        }
         let server = start_server(&ServeOptions {
             input: "bench@127.0.0.1:0".into(),
             output: sink.addr.to_string(),
@@ -642,13 +684,11 @@ impl Loopback {
             limits: Default::default(),
         })?;
         let addr = server.local_addr().context("the server has no address")?;
-        let metrics = server.metrics().clone();
         Ok(Loopback {
-            server,
+            server: Server::Engine(server),
             addr,
             sink,
             probes,
-            metrics,
             connections: opts.connections.max(1),
         })
     }
@@ -663,7 +703,7 @@ impl Loopback {
     }
 
     /// Sends the corpus `repeat` times as fast as the server takes it.
-    fn full_speed(&self, corpus: &[u8], opts: &BenchOptions) -> Result<Phase> {
+    fn full_speed(&mut self, corpus: &[u8], opts: &BenchOptions) -> Result<Phase> {
         let mut send = self.sender(corpus);
         send.repeat = opts.repeat.max(1) as u64;
         send.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -677,16 +717,17 @@ impl Loopback {
     }
 
     /// Sends `rate` messages/s for the phase's duration, with a probe every millisecond.
-    fn fixed_rate(&self, corpus: &[u8], opts: &BenchOptions, rate: u64) -> Result<Phase> {
+    fn fixed_rate(&mut self, corpus: &[u8], opts: &BenchOptions, rate: u64) -> Result<Phase> {
         let mut paced = self.sender(corpus);
         paced.rate = rate;
         paced.repeat = 0;
         paced.messages = Some((rate as f64 * opts.duration.as_secs_f64()).max(1.0) as u64);
         self.probes.reset();
+        let (probes, addr) = (self.probes.clone(), self.addr);
         let mut phase = self.measure("fixed rate", || {
             let stop = Arc::new(AtomicBool::new(false));
             let probe_thread = {
-                let (p, s, addr) = (self.probes.clone(), stop.clone(), self.addr);
+                let (p, s) = (probes, stop.clone());
                 std::thread::spawn(move || run_probes(addr, p, s))
             };
             let sent = run_send(&paced).context("sending the fixed-rate phase");
@@ -704,16 +745,22 @@ impl Loopback {
 
     /// Runs `send` (which returns the messages and the probes it sent) and waits until every
     /// message's output has arrived; the phase's figures all come from that one window.
-    fn measure(&self, name: &str, send: impl FnOnce() -> Result<(u64, u64)>) -> Result<Phase> {
-        let before = self.metrics.total();
+    fn measure(&mut self, name: &str, send: impl FnOnce() -> Result<(u64, u64)>) -> Result<Phase> {
+        let metrics = match &mut self.server {
+            Server::External(server) => {
+                return measure_external(server, &self.sink, &self.probes, name, send)
+            }
+            Server::Engine(running) => running.metrics().clone(),
+        };
+        let before = metrics.total();
         let lines_before = self.sink.lines.load(Relaxed);
         let bytes_before = self.sink.bytes.load(Relaxed);
-        self.metrics.reset_latency();
+        metrics.reset_latency();
         let cpu_before = crate::thread_cpu::engine_cpu();
         let start = Instant::now();
         let (sent, probes_sent) = send()?;
         let words = settle(
-            &self.metrics,
+            &metrics,
             &self.sink,
             before,
             lines_before,
@@ -723,14 +770,8 @@ impl Loopback {
         let engine_cpu = crate::thread_cpu::engine_cpu()
             .zip(cpu_before)
             .map(|(a, b)| a.saturating_sub(b));
-        let after = self.metrics.total();
-        let probe = self.probes.percentiles();
-        if probes_sent > 0 && probe.count + 10 < probes_sent {
-            tracing::warn!(
-                "only {} of {probes_sent} probe outputs were matched",
-                probe.count
-            );
-        }
+        let after = metrics.total();
+        warn_unmatched_probes(&self.probes, probes_sent);
         Ok(Phase {
             name: name.into(),
             // Frames the engine took in: every one of them has its output at the receiver.
@@ -739,18 +780,71 @@ impl Loopback {
             lines: self.sink.lines.load(Relaxed) - lines_before,
             bytes_out: self.sink.bytes.load(Relaxed) - bytes_before,
             elapsed,
-            engine_latency: Percentiles::of(&self.metrics.latency_histogram()),
+            engine_latency: Percentiles::of(&metrics.latency_histogram()),
             probe_latency: None,
             target_rate: None,
-            stages: stage_rows(&self.metrics),
+            stages: stage_rows(&metrics),
             engine_cpu,
         })
     }
 
-    fn finish(self) -> Result<bettong_engine::Report> {
-        self.server.stop();
-        Ok(self.server.join()?)
+    /// Stops the server; the engine's report (None for an external server).
+    fn finish(self) -> Result<Option<bettong_engine::Report>> {
+        match self.server {
+            Server::Engine(running) => {
+                running.stop();
+                Ok(Some(running.join()?))
+            }
+            Server::External(server) => {
+                drop(server);
+                Ok(None)
+            }
+        }
     }
+}
+
+/// Warns when more than a few of the `sent` probes had no output line matched.
+fn warn_unmatched_probes(probes: &Probes, sent: u64) {
+    let matched = probes.percentiles().count;
+    if sent > 0 && matched + 10 < sent {
+        tracing::warn!("only {matched} of {sent} probe outputs were matched");
+    }
+}
+
+/// [`Loopback::measure`] against an external server: the phase ends with the last output line
+/// that arrived (the output then stays still), words are output lines (one per word), and the
+/// CPU is the server process's.
+fn measure_external(
+    server: &mut ExternalServer,
+    sink: &BenchSink,
+    probes: &Probes,
+    name: &str,
+    send: impl FnOnce() -> Result<(u64, u64)>,
+) -> Result<Phase> {
+    let lines_before = sink.lines.load(Relaxed);
+    let bytes_before = sink.bytes.load(Relaxed);
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    let (sent, probes_sent) = send()?;
+    let (lines, last) = server.settle(|| sink.lines.load(Relaxed), lines_before)?;
+    let cpu = server
+        .cpu()
+        .zip(cpu_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    warn_unmatched_probes(probes, probes_sent);
+    Ok(Phase {
+        name: name.into(),
+        messages: sent + probes_sent,
+        words: lines - lines_before,
+        lines: lines - lines_before,
+        bytes_out: sink.bytes.load(Relaxed) - bytes_before,
+        elapsed: last.duration_since(start),
+        engine_latency: Percentiles::default(),
+        probe_latency: None,
+        target_rate: None,
+        stages: Vec::new(),
+        engine_cpu: cpu,
+    })
 }
 
 /// Waits until the server has taken in the `sent` messages sent since `before` (a sender's
@@ -771,16 +865,10 @@ fn settle(
         // applied (absolute totals, so a snapshot taken while records were crossing cores
         // cannot skew the comparison) and its output lines have arrived.
         let quiescent = t.frames_in - before.frames_in >= sent && t.records_applied == t.records_in;
+        // A snapshot that shows a read's frames shows its records too (the engine publishes
+        // `frames_in` last: `CoreMetrics::publish_read`), so `words` is complete here.
         if quiescent && sink.wait_for(lines_before + words, Duration::from_millis(50)) {
-            // Settled only if nothing moved meanwhile: a snapshot can fall between a core
-            // counting a read's frames and counting its records (seen once in CI: 8000 frames
-            // taken in, 75080 of their 80000 words counted).
-            std::thread::sleep(Duration::from_millis(20));
-            let again = metrics.total();
-            if again.records_in == t.records_in && again.frames_in == t.frames_in {
-                return Ok(words);
-            }
-            continue;
+            return Ok(words);
         }
         if Instant::now() > deadline {
             bail!(

@@ -142,6 +142,11 @@ pub struct BenchArgs {
     /// each of 10 %, 20 %, ... 100 % of the rate reached; writes --sweep-out's CSV and SVG plot.
     #[arg(long)]
     pub sweep: bool,
+    /// Measure another word-count server instead (tokio-wc, or `bettong serve`): a command
+    /// line with {IN} and {OUT}, run with `sh -c`, as loadgen takes; pin it in the command
+    /// (`taskset -c 1 ...`). Its CPU/msg is the whole process's.
+    #[arg(long, value_name = "CMD")]
+    pub server_cmd: Option<String>,
     /// Where --sweep writes: PREFIX.csv and PREFIX.svg.
     #[arg(long, value_name = "PREFIX", default_value = "bench-sweep")]
     pub sweep_out: PathBuf,
@@ -172,6 +177,7 @@ impl BenchArgs {
             rate: self.rate,
             duration: Duration::from_secs_f64(self.duration.max(0.1)),
             sweep: self.sweep,
+            server_cmd: self.server_cmd.clone(),
         }
     }
 
@@ -184,6 +190,9 @@ impl BenchArgs {
             anyhow::bail!(
                 "bench --app market-spread generates its input: --framed-file is for word-count"
             );
+        }
+        if self.server_cmd.is_some() {
+            anyhow::bail!("bench --server-cmd measures word count; drop --app market-spread");
         }
         if self.sweep {
             anyhow::bail!("bench --sweep measures word count; drop --app market-spread");

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod demo;
+pub mod external_server;
 pub mod logging;
 pub mod market_spread;
 pub mod metrics_table;

@@ -29,6 +29,14 @@ pub fn threads_cpu(prefix: &str) -> Option<Duration> {
     Some(Duration::from_micros(ticks * 1_000_000 / TICKS_PER_SEC))
 }
 
+/// Total user and system CPU time of process `pid` (every thread, exited ones included); None
+/// where `/proc` cannot be read.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, ticks) = parse_stat(&stat)?;
+    Some(Duration::from_micros(ticks * 1_000_000 / TICKS_PER_SEC))
+}
+
 /// The engine's threads' CPU time so far.
 pub fn engine_cpu() -> Option<Duration> {
     threads_cpu("bettong-")

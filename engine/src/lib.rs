@@ -64,6 +64,7 @@ mod notify;
 pub mod pipeline;
 pub mod placement;
 mod read_step;
+mod remote_notify;
 pub mod routing;
 pub mod runtime;
 mod shutdown;

@@ -15,7 +15,10 @@
 //!   so the engine's longest pause is the longest core's, not the sum.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -56,7 +59,9 @@ macro_rules! counters {
         impl CoreMetrics {
             /// Reads every counter.
             pub(crate) fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $( $name: self.$name.load(Relaxed), )* }
+                // Acquire, in declaration order: once `frames_in` shows a read's frames, the
+                // counters read after it show that read's records ([`CoreMetrics::publish_read`]).
+                MetricsSnapshot { $( $name: self.$name.load(Acquire), )* }
             }
         }
 
@@ -195,6 +200,24 @@ impl CoreMetrics {
         }
     }
 
+    /// Publishes what one read (or memory slice) brought in, so that a snapshot never sees its
+    /// frames without its records: every other count goes first, `frames_in` last with
+    /// `Release`, and [`CoreMetrics::snapshot`] loads `frames_in` (declared before the others)
+    /// with `Acquire` before them. Only the owning core calls this.
+    pub(crate) fn publish_read(&self, r: &ReadCounts) {
+        Self::add(&self.frames_rejected, r.rejected);
+        Self::add(&self.keys_rejected, r.keys_rejected);
+        Self::add(&self.bytes_in, r.bytes);
+        Self::add(&self.records_in, r.records);
+        Self::add(&self.records_local, r.local);
+        Self::add(&self.records_routed, r.routed);
+        Self::add(&self.records_applied, r.applied);
+        Self::add(&self.outputs, r.outputs);
+        if r.frames != 0 {
+            self.frames_in.fetch_add(r.frames, Release);
+        }
+    }
+
     /// Subtracts `n` from a gauge. Only the owning core calls this.
     #[inline]
     pub(crate) fn sub(counter: &AtomicU64, n: u64) {
@@ -206,6 +229,20 @@ impl CoreMetrics {
     pub(crate) fn set(counter: &AtomicU64, n: u64) {
         counter.store(n, Relaxed);
     }
+}
+
+/// What one read added to its core's counters ([`CoreMetrics::publish_read`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadCounts {
+    pub frames: u64,
+    pub rejected: u64,
+    pub keys_rejected: u64,
+    pub bytes: u64,
+    pub records: u64,
+    pub local: u64,
+    pub routed: u64,
+    pub applied: u64,
+    pub outputs: u64,
 }
 
 /// One core's latency histogram: microseconds from an input's arrival at the engine (the read
@@ -447,6 +484,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn totals_sum_counters_and_sizes_but_take_the_max_of_max_gauges_and_pauses() {
@@ -500,6 +538,64 @@ mod tests {
         let t = m.total();
         assert_eq!(t.outputs, 5);
         assert_eq!(t.checkpoint_pause_us_max, 8);
+    }
+
+    #[test]
+    fn a_snapshot_never_sees_a_reads_frames_without_its_records() {
+        // The snapshot relies on `frames_in` being loaded before the counts it guards.
+        let names: Vec<_> = MetricsSnapshot::default()
+            .fields()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let at = |n: &str| names.iter().position(|&x| x == n).unwrap();
+        for later in [
+            "records_in",
+            "records_local",
+            "records_applied",
+            "bytes_in",
+            "outputs",
+        ] {
+            assert!(
+                at("frames_in") < at(later),
+                "{later} is declared before frames_in"
+            );
+        }
+        // A core publishing reads of 1 frame and 10 records while another thread snapshots.
+        let m = Metrics::new(1);
+        let done = AtomicBool::new(false);
+        let read = ReadCounts {
+            frames: 1,
+            bytes: 64,
+            records: 10,
+            local: 10,
+            applied: 10,
+            outputs: 10,
+            ..ReadCounts::default()
+        };
+        let (checked, torn) = std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..300_000 {
+                    m.core(0).publish_read(&read);
+                }
+                done.store(true, Relaxed);
+            });
+            let (mut checked, mut torn) = (0u64, None);
+            while !done.load(Relaxed) {
+                let t = m.total();
+                checked += 1;
+                if t.records_in < 10 * t.frames_in || t.bytes_in < 64 * t.frames_in {
+                    torn.get_or_insert((t.frames_in, t.records_in, t.bytes_in));
+                }
+            }
+            (checked, torn)
+        });
+        assert_eq!(
+            torn, None,
+            "a snapshot (frames, records, bytes) saw frames without their records ({checked} taken)"
+        );
+        let t = m.total();
+        assert_eq!((t.frames_in, t.records_in), (300_000, 3_000_000));
     }
 
     #[test]

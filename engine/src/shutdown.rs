@@ -1,7 +1,8 @@
 //! Shutdown: how a running engine is told to stop, and how each core's tasks hear it.
 //!
 //! [`StopHandle`] is the cross-thread switch (a signal handler or the embedding program flips
-//! it). Each core runs a small watcher that notices the switch and fires that core's
+//! it). Each core runs a small watcher that sleeps until the switch is flipped (a
+//! [`RemoteNotify`] wakes it: no timer wakes an idle core to look) and fires that core's
 //! [`Shutdown`], a single-threaded broadcast that every task awaiting input selects on. On
 //! shutdown the sources stop reading, the frames already received are finished, every core tells
 //! its peers it is done, and the sinks flush before the core exits.
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::notify::Notify;
+use crate::remote_notify::RemoteNotify;
 
 /// Asks a running engine to stop gracefully. Cheap to clone and usable from any thread.
 ///
@@ -25,7 +27,14 @@ use crate::notify::Notify;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct StopHandle {
-    stopped: Arc<AtomicBool>,
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    /// Wakes each core's watcher when the switch is flipped.
+    flipped: RemoteNotify,
 }
 
 impl StopHandle {
@@ -36,12 +45,24 @@ impl StopHandle {
 
     /// Requests a graceful stop: stop accepting and reading, finish what was received, flush.
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
+        self.inner.stopped.store(true, Ordering::Release);
+        self.inner.flipped.notify();
     }
 
     /// True once [`StopHandle::stop`] has been called.
     pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`StopHandle::stop`] has been called (from any thread), without polling.
+    pub(crate) async fn stopped(&self) {
+        loop {
+            let flipped = self.inner.flipped.wait();
+            if self.is_stopped() {
+                return;
+            }
+            flipped.await;
+        }
     }
 }
 
@@ -91,6 +112,29 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_from_another_thread_ends_the_wait_on_a_core() {
+        let stop = StopHandle::new();
+        let remote = stop.clone();
+        let woke = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let waiting = glommio::spawn_local(async move {
+                    stop.stopped().await;
+                    std::time::Instant::now()
+                });
+                // The watcher is asleep (no timer of its own) when the stop comes.
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                let asked = std::time::Instant::now();
+                std::thread::spawn(move || remote.stop()).join().unwrap();
+                let woke = waiting.await;
+                woke >= asked
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(woke, "the wait ended before the stop was asked for");
+    }
 
     #[test]
     fn a_shutdown_fires_once_for_every_clone() {

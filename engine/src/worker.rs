@@ -28,7 +28,7 @@ use glommio::{GlommioError, ResourceType};
 use crate::checkpoint::{Participant, PreCut};
 use crate::dataflow::{Chain, Cx, DecodeError, Fronts, Outbox, Stages};
 use crate::key::Key;
-use crate::metrics::{CoreMetrics, Metrics};
+use crate::metrics::{CoreMetrics, Metrics, ReadCounts};
 use crate::notify::Notify;
 use crate::pipeline::App;
 use crate::routing::{AnyBatch, Envelope, Router};
@@ -224,16 +224,17 @@ impl<A: App> Worker<A> {
         if let Some(ck) = &self.ck {
             ck.add_produced(produced);
         }
-        let m = self.core_metrics();
-        CoreMetrics::add(&m.frames_in, seen.frames);
-        CoreMetrics::add(&m.frames_rejected, seen.rejected);
-        CoreMetrics::add(&m.keys_rejected, keys_rejected);
-        CoreMetrics::add(&m.bytes_in, bytes);
-        CoreMetrics::add(&m.records_in, records);
-        CoreMetrics::add(&m.records_local, local);
-        CoreMetrics::add(&m.records_routed, records - local + forwarded);
-        CoreMetrics::add(&m.records_applied, applied);
-        CoreMetrics::add(&m.outputs, outputs);
+        self.core_metrics().publish_read(&ReadCounts {
+            frames: seen.frames,
+            rejected: seen.rejected,
+            keys_rejected,
+            bytes,
+            records,
+            local,
+            routed: records - local + forwarded,
+            applied,
+            outputs,
+        });
         if applied > 0 {
             self.note_keys(&chain);
         }

@@ -197,3 +197,47 @@ fn explicit_shared_placement_is_said_and_kept() {
         assert!(crossed > 0, "{}", r.table());
     }
 }
+
+#[test]
+fn the_bench_measures_an_external_server_with_the_same_clients() {
+    // `bettong serve` as the other process: every message's words come back as lines, and the
+    // probes are matched, as for the engine in process.
+    let cmd = format!(
+        "{} serve --in {{IN}} --out {{OUT}} --cores 1 --progress-interval 0",
+        env!("CARGO_BIN_EXE_bettong")
+    );
+    let r = run_bench(&BenchOptions {
+        server_cmd: Some(cmd),
+        ..tiny()
+    })
+    .unwrap();
+    assert_eq!(r.mode, "external");
+    assert!(
+        r.per_core.is_empty(),
+        "an external server has no engine counters"
+    );
+    assert_eq!(r.phases.len(), 2);
+    let full = &r.phases[0];
+    assert_eq!(full.lines, full.words);
+    // tiny(): 4000 synthetic messages sent twice, each with at least one word.
+    assert_eq!(full.messages, 8_000);
+    assert!(
+        full.lines >= 8_000,
+        "{} lines for 8000 messages",
+        full.lines
+    );
+    let paced = &r.phases[1];
+    let probes = paced.probe_latency.expect("the paced phase has probes");
+    assert!(probes.count > 0, "no probe was matched");
+    assert!(
+        paced.messages >= 1_500 + probes.count,
+        "{} messages",
+        paced.messages
+    );
+    assert!(paced.engine_latency.count == 0 && paced.stages.is_empty());
+    assert!(
+        r.table().contains("bettong bench (external)"),
+        "{}",
+        r.table()
+    );
+}

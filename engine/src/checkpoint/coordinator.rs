@@ -2,8 +2,9 @@
 //! writes the files and commits the checkpoint with its manifest.
 //!
 //! It runs on its own thread, off every core, so file I/O and fsyncs never stall a data path.
-//! Cores learn that a checkpoint is due by reading [`Link::requested`] (an atomic id) and hand
-//! their snapshots back over a channel. At most one checkpoint is in progress: the next one is
+//! Cores learn that a checkpoint is due by reading [`Link::requested`] (an atomic id; the
+//! coordinator wakes them when it changes, [`Link::next_request`]) and hand their snapshots back
+//! over a channel. At most one checkpoint is in progress: the next one is
 //! asked for only once the previous one is committed or has failed.
 //!
 //! Before a checkpoint commits, every core's sink must have taken the output produced before the
@@ -29,6 +30,7 @@ use super::format::{
     ShardContent, ShardInfo, SourceMark, MANIFEST,
 };
 use crate::metrics::{CoreMetrics, Metrics};
+use crate::remote_notify::RemoteNotify;
 use crate::Error;
 
 /// A pause above this is logged as a warning.
@@ -67,6 +69,8 @@ pub(crate) enum CoreReport {
 #[derive(Debug, Default)]
 struct Shared {
     requested: AtomicU64,
+    /// Wakes the cores' initiators when `requested` changes (they sleep on it, no timer).
+    request_posted: RemoteNotify,
     /// Set once every core started: before that nothing is asked for or written.
     started: AtomicBool,
     abort: AtomicBool,
@@ -84,6 +88,12 @@ impl Link {
     /// The id of the latest checkpoint asked for.
     pub(crate) fn requested(&self) -> u64 {
         self.shared.requested.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the first new request after this call: create it before reading
+    /// [`Link::requested`], then await it if nothing was due.
+    pub(crate) fn next_request(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.shared.request_posted.wait()
     }
 
     /// Hands a snapshot to the coordinator (never blocks).
@@ -315,6 +325,7 @@ impl Committer {
                     snapshots: (0..n).map(|_| None).collect(),
                 });
                 self.shared.requested.store(id, Ordering::Release);
+                self.shared.request_posted.notify();
             }
         }
     }

@@ -435,7 +435,10 @@ impl<A: App> Participant<A> {
 /// until the run ends. Waits on outbound rings, so it never drains (see [`crate::worker`]).
 pub(crate) async fn run_initiator<A: App>(worker: Rc<Worker<A>>) {
     let Some(ck) = &worker.ck else { return };
+    let link = &ck.core.link;
     loop {
+        // Created before `due()` looks, so a request posted in between is not missed.
+        let requested = link.next_request();
         if ck.core.finished.get() {
             return;
         }
@@ -448,11 +451,8 @@ pub(crate) async fn run_initiator<A: App>(worker: Rc<Worker<A>>) {
             drop(permit);
             continue;
         }
-        // Requests come from another thread (polled); cuts made by drains wake it.
-        or(
-            glommio::timer::sleep(Duration::from_millis(1)),
-            ck.core.poke.wait(),
-        )
-        .await;
+        // Requests come from the coordinator's thread, cuts made by drains and the end of the
+        // run from this core: either wakes it, and nothing else does.
+        or(requested, ck.core.poke.wait()).await;
     }
 }

@@ -8,7 +8,6 @@
 
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
 use futures_lite::future::or;
 use glommio::channels::channel_mesh::FullMesh;
@@ -105,9 +104,7 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
         .collect();
     let stop = s.stop.clone();
     let watcher = glommio::spawn_local(async move {
-        while !stop.is_stopped() {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
+        stop.stopped().await;
         shutdown.trigger();
     });
 

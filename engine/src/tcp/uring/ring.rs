@@ -15,9 +15,8 @@
 //! the [`Ring::drive`] task awaits that eventfd through a glommio `BufferedFile` read, which
 //! glommio submits to its own ring (exactly how glommio waits on its own wake-up eventfd). An
 //! idle core therefore parks in glommio's `io_uring_enter` like any other idle glommio core: the
-//! source ring adds no spinning and no timer of its own. (The core is still woken every 10 ms by
-//! the engine's stop watcher, which looks whether a stop was requested; that is the runtime's
-//! timer, the same on both backends, and it finds this ring idle.) While a task reaps, the
+//! source ring adds no spinning and no timer of its own (nor does the runtime: a stop request
+//! and a checkpoint request wake the core through a `RemoteNotify`). While a task reaps, the
 //! eventfd is switched off
 //! (`IORING_CQ_EVENTFD_DISABLED`), so a busy core does not pay for wake-ups it does not need.
 //!
@@ -121,11 +120,16 @@ impl Ring {
         // else this source uses (provided-buffer rings, multishot accept and receive, sync
         // cancel), so a kernel that refuses it gets the glommio backend instead
         // ([`crate::tcp::listen`] says so).
-        let uring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
+        // `BETTONG_URING_DEFER=0` (a measurement knob, see tuning.md) leaves DEFER_TASKRUN off:
+        // the kernel then runs a receive's completion as soon as it can, interrupting the
+        // thread (or ending its sleep), instead of waiting for this core's next enter.
+        let defer = std::env::var("BETTONG_URING_DEFER").map_or(true, |v| v != "0");
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq).setup_single_issuer();
+        if defer {
+            builder.setup_defer_taskrun().setup_taskrun_flag();
+        }
+        let uring = builder
             .build(params.entries)
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) => io::Error::new(

@@ -183,8 +183,18 @@ pub(crate) struct UringConn {
 }
 
 /// How long a connection task may decode completions that are always ready before it lets the
-/// reactor run (see [`UringConn::after_step`]).
-const REACTOR_EVERY: Duration = Duration::from_micros(500);
+/// reactor run (see [`UringConn::after_step`]): 500 µs, or `BETTONG_REACTOR_EVERY_US` (a
+/// measurement knob, see tuning.md).
+fn reactor_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        let us = std::env::var("BETTONG_REACTOR_EVERY_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        Duration::from_micros(us)
+    })
+}
 
 impl Connection for UringConn {
     fn partial(&self) -> usize {
@@ -291,7 +301,7 @@ impl Connection for UringConn {
     /// cores would stall on full rings. A timer due at once sends this task through the next
     /// reactor poll, after the core's other runnable tasks.
     async fn after_step(&mut self) {
-        if self.reactor_seen.elapsed() >= REACTOR_EVERY {
+        if self.reactor_seen.elapsed() >= reactor_every() {
             glommio::timer::sleep(Duration::from_micros(1)).await;
             self.reactor_seen = Instant::now();
         }
