@@ -15,7 +15,12 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
-        Command::Serve(a) if nats::is_nats(&a.input) => nats::serve_member(&a),
+        Command::Serve(a) if nats::is_nats(&a.input) && a.nats.job.is_some() => {
+            nats::serve_member(&a)
+        }
+        Command::Serve(a) if nats::is_nats(&a.input) || nats::is_nats(&a.output) => {
+            bettong::nats::standalone::serve(a)
+        }
         Command::Serve(a) => nats::refuse_cluster_flags(&a.nats)
             .and_then(|()| bettong::serve::serve(&a.observe(), &a.options())),
         Command::MarketSpread(a) => nats::refuse_cluster_flags(&a.nats)

@@ -1,0 +1,73 @@
+//! NATS as a source of the engine: read a JetStream input stream (`PREFIX_in`, every input
+//! partition) with an ordered consumer and hand each message, many frames back to back, to the
+//! engine's cores as one batch of its channel source (`bettong_engine::channel_source`).
+//!
+//! It runs on the bridge's tokio runtime ([`super::standalone`]), never on an engine core. The
+//! source's queue is bounded: when the cores take no more (a full sink, a full ring), `send`
+//! waits, the consumer stops pulling, and the messages stay in the stream.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use async_nats::jetstream::{consumer, stream};
+use bettong_engine::channel_source::BatchSender;
+use futures_util::StreamExt;
+
+/// What the source has handed to the engine.
+#[derive(Debug, Default)]
+pub struct SourceCounts {
+    /// Input messages.
+    pub messages: AtomicU64,
+    /// Their payload bytes.
+    pub bytes: AtomicU64,
+}
+
+/// An ordered consumer of every subject of `input`, from its first message on (`name` names
+/// the stream in errors).
+pub async fn open(input: &stream::Stream, name: &str) -> anyhow::Result<consumer::pull::Ordered> {
+    let consumer = input
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read stream {name}: {e}"))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read stream {name}: {e}"))
+}
+
+/// Hands every message of `messages` to `tx`, until the engine's source finishes. A consumer
+/// error (the server restarting) is logged, and the ordered consumer goes on from the last
+/// message it delivered.
+pub async fn feed(
+    mut messages: consumer::pull::Ordered,
+    name: String,
+    tx: BatchSender,
+    counts: Arc<SourceCounts>,
+) {
+    let errors = bettong_engine::LogLimit::default();
+    while let Some(m) = messages.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(held_back) = errors.allow() {
+                    tracing::warn!(
+                        "reading stream {name}: {e}; the ordered consumer resumes after the \
+                         last message it delivered{}",
+                        bettong_engine::LogLimit::note(held_back)
+                    );
+                }
+                continue;
+            }
+        };
+        let len = m.payload.len() as u64;
+        if tx.send(Box::new(m.message.payload)).await.is_err() {
+            // The engine's cores have finished: nothing more is read.
+            break;
+        }
+        counts.messages.fetch_add(1, Relaxed);
+        counts.bytes.fetch_add(len, Relaxed);
+    }
+}
