@@ -1,13 +1,14 @@
 //! The cluster on NATS JetStream (`spec/cluster.md`) against a real `nats-server` and the real
 //! binary: exact counts and gap-free output through joins, SIGTERM leaves, kill -9, a member
-//! paused past its lease (fencing), a nats-server restart, and bad input messages.
+//! paused past its lease (fencing), a nats-server restart, and bad input messages; and NATS as
+//! a plain source and sink of the engine, in one process without `--job`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::nats::{
-    member, run_bettong, send_file, settled, validate, wait_status, NatsServer,
+    member, run_bettong, send_file, serve, settled, validate, wait_status, NatsServer,
 };
 use crate::support::{frame_all, random_message, reference_counts, Rng, WAIT};
 
@@ -395,4 +396,65 @@ fn cluster_survives_a_nats_server_restart() {
         b.stderr()
     );
     assert_valid(&url, &corpus, false);
+}
+
+/// Without `--job`, `serve --in nats://… --out nats://…` runs the engine's word count on its
+/// cores with NATS as source and sink: exact counts, no gap, no repeat, bad messages rejected
+/// and counted, many lines per output message; and a framed file into the NATS sink.
+#[test]
+fn engine_reads_and_writes_nats_without_a_job() {
+    let nats = NatsServer::start();
+    let url = nats.url("eng");
+    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
+    let big = vec![b'x'; 5000];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
+    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    for part in &corpus.parts {
+        send_file(&url, part, I);
+    }
+    let mut s = serve(
+        &url,
+        &url,
+        &["--cores", "2", "--partitions", P, "--max-frame", "4096"],
+    );
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(report["repeats"], 0, "{report}");
+    let (lines, messages) = (
+        report["lines"].as_u64().expect("lines"),
+        report["messages"].as_u64().expect("messages"),
+    );
+    assert!(
+        lines >= 10 * messages,
+        "output lines must be batched into messages: {report}"
+    );
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        s.stderr()
+    );
+    let stopped = s.event("stopped").expect("a stopped line");
+    // The frame that is not UTF-8, the one above --max-frame, the truncated tail.
+    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
+    assert!(
+        s.stderr().contains("announces 5000 bytes"),
+        "{}",
+        s.stderr()
+    );
+
+    // Another source with the NATS sink: a framed file, read once (the server then exits 0).
+    let dir = nats.dir.join("file");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let from_file = Corpus::new(&dir, seed(), 1, 800, None);
+    let url2 = nats.url("fromfile");
+    let input = format!("file:{}", from_file.parts[0].display());
+    let mut s = serve(&input, &url2, &["--cores", "2", "--partitions", P]);
+    assert!(
+        s.wait_exit(WAIT).success(),
+        "a file source must end the run with exit 0: {}",
+        s.stderr()
+    );
+    let report = assert_valid(&url2, &from_file, true);
+    assert_eq!(report["repeats"], 0, "{report}");
 }
