@@ -1,14 +1,18 @@
 //! The channel source: batches of frames handed to the engine by another thread (a message
-//! broker's client running its own runtime, for instance the `bettong` NATS bridge), over one
-//! bounded queue shared by every core.
+//! broker's client running its own runtime, for instance the `bettong` NATS bridge), over
+//! bounded queues, the source's **lanes**.
 //!
 //! A batch is any byte buffer holding whole frames back to back (4-byte big-endian length, then
-//! payload): typically one broker message, which carries many frames. The producer waits while
-//! the queue is full ([`BatchSender::send`]), so a core that stops taking batches (its sink is
-//! full, a peer's ring is full) slows the producer, and nothing is buffered without bound.
+//! payload): typically one broker message, which carries many frames. The producer picks a lane
+//! per batch; lane `l` is read by core `l % cores` only, in order, so the order of one lane's
+//! frames is kept as the order of one TCP connection's is (a broker's partition maps to a lane,
+//! and one key's records, routed from one core, reach their owner in that order). With more
+//! cores than lanes the extra cores read nothing from this source. The producer waits while a
+//! lane is full ([`BatchSender::send`]), so a core that stops taking batches (its sink is full,
+//! a peer's ring is full) slows the producer, and nothing is buffered without bound.
 //!
-//! A core never blocks on the queue: it awaits a batch (the producer's thread wakes it through
-//! glommio's foreign wakers), then takes every batch already queued up to
+//! A core never blocks on a lane: it awaits a batch (the producer's thread wakes it through
+//! glommio's foreign wakers), then takes every batch already queued in its lanes up to
 //! [`ChannelSource::step_bytes`] and hands them all to one read step (wait for sink room,
 //! ingest, log rejects, flush) as every source does. A batch that is not a whole number of valid frames has its valid
 //! leading frames applied, and the rest counted as one rejected frame and logged.
@@ -35,7 +39,7 @@ pub type Batch = Box<dyn AsRef<[u8]> + Send>;
 /// [`SourceConfig::Channel`](crate::SourceConfig::Channel). Made by [`channel_source`].
 #[derive(Clone)]
 pub struct ChannelSource {
-    rx: flume::Receiver<Batch>,
+    lanes: Vec<flume::Receiver<Batch>>,
     /// What the source is, in log lines (a broker URL, say).
     pub name: Arc<str>,
     /// Largest accepted frame payload; a frame announcing more ends its batch (rejected).
@@ -48,7 +52,7 @@ impl fmt::Debug for ChannelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChannelSource")
             .field("name", &self.name)
-            .field("queued", &self.rx.len())
+            .field("lanes", &self.lanes.len())
             .field("max_frame", &self.max_frame)
             .field("step_bytes", &self.step_bytes)
             .finish()
@@ -58,7 +62,7 @@ impl fmt::Debug for ChannelSource {
 /// The producer side of a channel source; clone it for several producers.
 #[derive(Clone)]
 pub struct BatchSender {
-    tx: flume::Sender<Batch>,
+    lanes: Vec<flume::Sender<Batch>>,
 }
 
 /// The engine is gone (every core's source has finished): the batch was not taken.
@@ -67,36 +71,42 @@ pub struct BatchSender {
 pub struct SourceClosed;
 
 impl BatchSender {
-    /// Queues `batch`, waiting (asynchronously, on the caller's runtime) while the queue is full.
-    pub async fn send(&self, batch: Batch) -> Result<(), SourceClosed> {
-        self.tx.send_async(batch).await.map_err(|_| SourceClosed)
+    /// Queues `batch` on lane `lane % lanes`, waiting (asynchronously, on the caller's
+    /// runtime) while that lane is full.
+    pub async fn send(&self, lane: usize, batch: Batch) -> Result<(), SourceClosed> {
+        let tx = &self.lanes[lane % self.lanes.len()];
+        tx.send_async(batch).await.map_err(|_| SourceClosed)
     }
 
-    /// Batches queued and not yet taken by a core.
+    /// The number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Batches queued and not yet taken by a core, over every lane.
     pub fn queued(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// True once every core's source has finished.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_disconnected()
+        self.lanes.iter().map(flume::Sender::len).sum()
     }
 }
 
-/// A channel source named `name` whose queue holds at most `capacity` batches (at least 1).
+/// A channel source named `name` with `lanes` lanes (at least 1), each holding at most
+/// `capacity` batches (at least 1). Give it as many lanes as the engine has cores to keep every
+/// core reading.
 ///
 /// ```
 /// use bettong_engine::channel_source::channel_source;
-/// let (tx, src) = channel_source("example", 4);
-/// assert_eq!(tx.queued(), 0);
+/// let (tx, src) = channel_source("example", 2, 4);
+/// assert_eq!((tx.lanes(), tx.queued()), (2, 0));
 /// assert_eq!(&*src.name, "example");
 /// ```
-pub fn channel_source(name: &str, capacity: usize) -> (BatchSender, ChannelSource) {
-    let (tx, rx) = flume::bounded(capacity.max(1));
+pub fn channel_source(name: &str, lanes: usize, capacity: usize) -> (BatchSender, ChannelSource) {
+    let (txs, rxs) = (0..lanes.max(1))
+        .map(|_| flume::bounded(capacity.max(1)))
+        .unzip();
     (
-        BatchSender { tx },
+        BatchSender { lanes: txs },
         ChannelSource {
-            rx,
+            lanes: rxs,
             name: name.into(),
             max_frame: DEFAULT_MAX_FRAME,
             step_bytes: 256 * 1024,
@@ -130,25 +140,62 @@ fn decode(decoder: &FrameDecoder, batch: &[u8], on_frame: &mut dyn FnMut(&[u8]))
 /// foreign wake-up was missed: a bound on the latency such a miss could add, nothing more.
 const RECHECK: Duration = Duration::from_millis(5);
 
-/// Takes batches from `src` until it is closed and empty, or the stop.
+/// The lanes, among `lanes`, that core `core` of `cores` reads.
+fn lane_indices(lanes: usize, core: usize, cores: usize) -> Vec<usize> {
+    (core..lanes).step_by(cores.max(1)).collect()
+}
+
+/// The lanes core `core` of `cores` reads.
+fn my_lanes(src: &ChannelSource, core: usize, cores: usize) -> Vec<flume::Receiver<Batch>> {
+    lane_indices(src.lanes.len(), core, cores)
+        .into_iter()
+        .map(|i| src.lanes[i].clone())
+        .collect()
+}
+
+/// A batch from any of `lanes` if one is queued, starting at lane `*next` (round robin);
+/// `Err(true)` when every lane is closed and empty.
+fn try_take(lanes: &[flume::Receiver<Batch>], next: &mut usize) -> Result<Batch, bool> {
+    let mut closed = 0;
+    for k in 0..lanes.len() {
+        let i = (*next + k) % lanes.len();
+        match lanes[i].try_recv() {
+            Ok(b) => {
+                *next = i;
+                return Ok(b);
+            }
+            Err(flume::TryRecvError::Disconnected) => closed += 1,
+            Err(flume::TryRecvError::Empty) => {}
+        }
+    }
+    Err(closed == lanes.len())
+}
+
+/// Takes batches from this core's lanes of `src` until they are closed and empty, or the stop.
 pub(crate) async fn run_channel_source<A: App>(
     worker: Rc<Worker<A>>,
     source: usize,
     src: ChannelSource,
+    cores: usize,
 ) {
     let core = worker.index;
+    let lanes = my_lanes(&src, core, cores);
+    if lanes.is_empty() {
+        return;
+    }
     let decoder = FrameDecoder::new(src.max_frame);
     let bad = LogLimit::default();
     let from = src.name.clone();
-    // Ingests `first` and then every batch already queued, up to the step's bytes (or, at the
-    // stop, up to `limit` batches).
+    let next = std::cell::Cell::new(0usize);
+    // Ingests `first` and then batches already queued in this core's lanes, up to the step's
+    // bytes and at most `limit` batches.
     let take = |first: Batch, limit: usize, on_frame: &mut dyn FnMut(&[u8])| {
         let m = worker.metrics.core(core);
         let mut bytes = 0;
-        let mut next = Some(first);
+        let mut batch = Some(first);
         let mut taken = 0;
-        while let Some(batch) = next.take() {
-            let data = (*batch).as_ref();
+        while let Some(b) = batch.take() {
+            let data = (*b).as_ref();
             bytes += data.len();
             taken += 1;
             if let Some(why) = decode(&decoder, data, on_frame) {
@@ -163,34 +210,45 @@ pub(crate) async fn run_channel_source<A: App>(
                 }
             }
             if bytes < src.step_bytes && taken < limit {
-                next = src.rx.try_recv().ok();
+                let mut n = next.get();
+                batch = try_take(&lanes, &mut n).ok();
+                next.set(n);
             }
         }
     };
     loop {
-        let batch = futures_lite::future::or(
-            async { Some(src.rx.recv_async().await.ok()) },
-            futures_lite::future::or(
-                async {
-                    worker.shutdown.wait().await;
-                    Some(None)
-                },
-                async {
-                    glommio::timer::sleep(RECHECK).await;
-                    None
-                },
-            ),
-        )
-        .await;
-        let batch = match batch {
-            Some(Some(b)) => b,
-            // Closed and empty, or the stop.
-            Some(None) => break,
-            None => match src.rx.try_recv() {
-                Ok(b) => b,
-                Err(flume::TryRecvError::Empty) => continue,
-                Err(flume::TryRecvError::Disconnected) => break,
-            },
+        let mut n = next.get();
+        let ready = try_take(&lanes, &mut n);
+        next.set(n);
+        let batch = match ready {
+            Ok(b) => b,
+            Err(true) => break,
+            Err(false) => {
+                if worker.shutdown.is_triggered() {
+                    break;
+                }
+                // Wait for the lane looked at first (woken by the producer), the stop, or
+                // RECHECK, then look at every lane again.
+                let lane = &lanes[next.get() % lanes.len()];
+                let woke = futures_lite::future::or(
+                    async { lane.recv_async().await.ok() },
+                    futures_lite::future::or(
+                        async {
+                            worker.shutdown.wait().await;
+                            None
+                        },
+                        async {
+                            glommio::timer::sleep(RECHECK).await;
+                            None
+                        },
+                    ),
+                )
+                .await;
+                match woke {
+                    Some(b) => b,
+                    None => continue,
+                }
+            }
         };
         // As `read_step` does, but the batch already taken is ingested even when the stop
         // comes first: it was received.
@@ -206,8 +264,10 @@ pub(crate) async fn run_channel_source<A: App>(
     }
     if worker.shutdown.is_triggered() {
         // Finish what was received: the batches queued now, not those the producer adds later.
-        let queued = src.rx.len();
-        if let Ok(first) = src.rx.try_recv() {
+        let queued: usize = lanes.iter().map(flume::Receiver::len).sum();
+        let mut n = next.get();
+        if let Ok(first) = try_take(&lanes, &mut n) {
+            next.set(n);
             ingest_and_flush(&worker, source, &from, |on_frame| {
                 take(first, queued, on_frame)
             })
@@ -220,6 +280,39 @@ pub(crate) async fn run_channel_source<A: App>(
 mod tests {
     use super::*;
     use crate::codec::encode_frame;
+
+    #[test]
+    fn each_lane_has_one_core_and_every_lane_a_core() {
+        let mut seen = [0; 5];
+        for core in 0..2 {
+            for i in lane_indices(5, core, 2) {
+                assert_eq!(i % 2, core);
+                seen[i] += 1;
+            }
+        }
+        assert_eq!(seen, [1; 5]);
+        assert!(lane_indices(5, 5, 6).is_empty());
+        assert_eq!(lane_indices(2, 1, 4), [1]);
+    }
+
+    #[test]
+    fn try_take_goes_round_robin_and_sees_the_end() {
+        let (tx, src) = channel_source("t", 2, 4);
+        let lanes = my_lanes(&src, 0, 1);
+        let mut next = 0;
+        assert_eq!(try_take(&lanes, &mut next).err(), Some(false));
+        futures_lite::future::block_on(async {
+            tx.send(1, Box::new(vec![1u8])).await.unwrap();
+            tx.send(0, Box::new(vec![0u8])).await.unwrap();
+        });
+        let b = try_take(&lanes, &mut next).unwrap();
+        assert_eq!((*b).as_ref(), [0]);
+        next += 1;
+        let b = try_take(&lanes, &mut next).unwrap();
+        assert_eq!((*b).as_ref(), [1]);
+        drop(tx);
+        assert_eq!(try_take(&lanes, &mut next).err(), Some(true));
+    }
 
     #[test]
     fn decode_applies_leading_frames_and_rejects_the_rest() {

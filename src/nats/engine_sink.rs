@@ -2,9 +2,11 @@
 //! (`bettong_engine::channel_sink`), sort their lines by key partition and publish them on the
 //! output stream, many lines per message, on `PREFIX.out.<q>` with `q = fnv1a32(word) % P`.
 //!
-//! A line's key is what precedes its first ` => ` (word count's `word => count`), or the whole
-//! line. Each key partition has its own buffer, published once it holds [`FLUSH_BYTES`] or when
-//! no more output is queued; a line is never split across messages. At most [`WINDOW`]
+//! Output records are lines ([`Layout::Lines`]: a line's key is what precedes its first ` => `,
+//! word count's `word => count`, or the whole line) or frames ([`Layout::Frames`]: a 4-byte
+//! length, then the payload, whose key is a byte range of the payload; Market Spread's results,
+//! keyed by symbol). Each key partition has its own buffer, published once it holds [`FLUSH_BYTES`] or when
+//! no more output is queued; a record is never split across messages. At most [`WINDOW`]
 //! publishes wait for their acknowledgement: past it the sink waits, the engine's queue fills,
 //! and the cores stop reading (backpressure, nothing unbounded). A publish that is not
 //! acknowledged (the server restarting) is sent again until it is, so output is at least once;
@@ -35,7 +37,7 @@ pub const WINDOW: usize = 256;
 pub struct SinkCounts {
     /// Output messages acknowledged.
     pub messages: AtomicU64,
-    /// Lines in them.
+    /// Records (lines or frames) in them.
     pub lines: AtomicU64,
     /// Publishes sent again after a failure.
     pub retries: AtomicU64,
@@ -48,25 +50,61 @@ pub fn line_key(line: &[u8]) -> &[u8] {
         .map_or(line, |i| &line[..i])
 }
 
-/// Lines sorted into per-key-partition buffers.
+/// How the output divides into records, and each record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `\n`-ended lines keyed by [`line_key`].
+    Lines,
+    /// Frames (4-byte big-endian length, payload) keyed by payload bytes `key.0..key.1` (the
+    /// whole payload where it is shorter).
+    Frames {
+        /// The key's byte range in the payload.
+        key: (usize, usize),
+    },
+}
+
+/// Records sorted into per-key-partition buffers.
 pub struct Partitioned {
     bufs: Vec<Vec<u8>>,
     lines: Vec<u64>,
+    layout: Layout,
 }
 
 impl Partitioned {
-    /// Buffers for `partitions` key partitions.
-    pub fn new(partitions: u32) -> Self {
+    /// Buffers for `partitions` key partitions of records laid out as `layout`.
+    pub fn new(partitions: u32, layout: Layout) -> Self {
         let p = partitions.max(1) as usize;
         Partitioned {
             bufs: vec![Vec::new(); p],
             lines: vec![0; p],
+            layout,
         }
     }
 
-    /// Appends every `\n`-ended line of `chunk` to its partition's buffer (a last line without
-    /// `\n` gets one).
+    /// Appends every record of `chunk` (whole records, as the engine hands them over) to its
+    /// partition's buffer.
     pub fn add(&mut self, chunk: &[u8]) {
+        match self.layout {
+            Layout::Lines => self.add_lines(chunk),
+            Layout::Frames { key } => self.add_frames(chunk, key),
+        }
+    }
+
+    /// Appends every frame of `chunk`; an incomplete tail (never made by the engine) is dropped.
+    fn add_frames(&mut self, chunk: &[u8], (from, to): (usize, usize)) {
+        let p = self.bufs.len() as u32;
+        for frame in bettong_engine::codec::frames(chunk) {
+            let Ok(f) = frame else { break };
+            let payload = f.payload;
+            let key = &payload[from.min(payload.len())..to.min(payload.len())];
+            let q = (fnv1a32(key) % p) as usize;
+            self.bufs[q].extend_from_slice(&chunk[f.offset..f.end()]);
+            self.lines[q] += 1;
+        }
+    }
+
+    /// Appends every `\n`-ended line of `chunk` (a last line without `\n` gets one).
+    fn add_lines(&mut self, chunk: &[u8]) {
         let p = self.bufs.len() as u32;
         for line in chunk.split_inclusive(|&b| b == b'\n') {
             let body = line.strip_suffix(b"\n").unwrap_or(line);
@@ -105,16 +143,17 @@ struct Pending {
     ack: PublishAckFuture,
 }
 
-/// Publishes the chunks of `rx` until every core has finished its output, then waits for the
-/// last acknowledgement.
+/// Publishes the chunks of `rx`, records laid out as `layout`, until every core has finished
+/// its output, then waits for the last acknowledgement.
 pub async fn drain(
     js: jetstream::Context,
     streams: StreamNames,
     partitions: u32,
+    layout: Layout,
     rx: ChunkReceiver,
     counts: Arc<SinkCounts>,
 ) -> anyhow::Result<()> {
-    let mut parts = Partitioned::new(partitions);
+    let mut parts = Partitioned::new(partitions, layout);
     let mut window: VecDeque<Pending> = VecDeque::new();
     loop {
         let chunk = match rx.try_recv() {
@@ -231,7 +270,7 @@ mod tests {
     fn lines_go_to_their_words_partition_whole() {
         assert_eq!(line_key(b"rose => 3"), b"rose");
         assert_eq!(line_key(b"no arrow"), b"no arrow");
-        let mut p = Partitioned::new(8);
+        let mut p = Partitioned::new(8, Layout::Lines);
         p.add(b"rose => 1\nis => 1\nrose => 2\nlast => 1");
         let taken = p.take(1);
         let total: u64 = taken.iter().map(|t| t.2).sum();
@@ -253,8 +292,29 @@ mod tests {
     }
 
     #[test]
+    fn frames_go_to_their_keys_partition_whole() {
+        let mut chunk = Vec::new();
+        for payload in [&b"..IBM x"[..], b"..AAPLy", b"..IBM z", b"."] {
+            bettong_engine::codec::encode_frame(payload, &mut chunk);
+        }
+        let mut p = Partitioned::new(4, Layout::Frames { key: (2, 6) });
+        p.add(&chunk);
+        let taken = p.take(1);
+        assert_eq!(taken.iter().map(|t| t.2).sum::<u64>(), 4);
+        let ibm = (fnv1a32(b"IBM ") % 4) as usize;
+        let (_, payload, n) = taken.iter().find(|t| t.0 as usize == ibm).unwrap();
+        let frames: Vec<&[u8]> = bettong_engine::codec::frames(payload)
+            .map(|f| f.unwrap().payload)
+            .collect();
+        assert!(*n >= 2);
+        let at_x = frames.iter().position(|f| *f == b"..IBM x").unwrap();
+        let at_z = frames.iter().position(|f| *f == b"..IBM z").unwrap();
+        assert!(at_x < at_z, "a key's frames keep their order");
+    }
+
+    #[test]
     fn only_full_buffers_are_taken_before_the_end() {
-        let mut p = Partitioned::new(1);
+        let mut p = Partitioned::new(1, Layout::Lines);
         p.add(b"a => 1\n");
         assert!(p.take(FLUSH_BYTES).is_empty());
         assert_eq!(p.take(1).len(), 1);

@@ -1,6 +1,8 @@
 //! NATS as a source of the engine: read a JetStream input stream (`PREFIX_in`, every input
 //! partition) with an ordered consumer and hand each message, many frames back to back, to the
-//! engine's cores as one batch of its channel source (`bettong_engine::channel_source`).
+//! engine's cores as one batch of its channel source (`bettong_engine::channel_source`):
+//! input partition `i` (`PREFIX.in.<i>`) goes to lane `i % lanes`, read by one core, so one
+//! partition's order is kept (as one TCP connection's is).
 //!
 //! It runs on the bridge's tokio runtime ([`super::standalone`]), never on an engine core. The
 //! source's queue is bounded: when the cores take no more (a full sink, a full ring), `send`
@@ -63,7 +65,14 @@ pub async fn feed(
             }
         };
         let len = m.payload.len() as u64;
-        if tx.send(Box::new(m.message.payload)).await.is_err() {
+        // `PREFIX.in.<i>`: input partition i goes to lane i, so its order is kept.
+        let lane = m
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or(0);
+        if tx.send(lane, Box::new(m.message.payload)).await.is_err() {
             // The engine's cores have finished: nothing more is read.
             break;
         }

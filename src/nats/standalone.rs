@@ -22,31 +22,106 @@ use bettong_engine::{SinkConfig, SourceConfig};
 
 use super::address::{NatsUrl, StreamNames};
 use super::cli::{is_nats, DEFAULT_IN_PARTITIONS, DEFAULT_PARTITIONS};
-use super::engine_sink::SinkCounts;
+use super::engine_sink::{Layout, SinkCounts};
 use super::engine_source::SourceCounts;
 use super::setup::{connect, ensure_input, ensure_output};
 
-/// Input messages queued for the cores, at most.
+/// Input messages queued for each core, at most.
 const SOURCE_QUEUE: usize = 256;
 /// Output chunks queued for the bridge, at most.
 const SINK_QUEUE: usize = 64;
 
-/// The bridge thread's ends of the engine's queues.
-struct BridgeEnds {
-    input: Option<(NatsUrl, BatchSender)>,
-    output: Option<(NatsUrl, ChunkReceiver)>,
-    partitions: u32,
+/// A NATS input stream feeding one of the engine's channel sources.
+pub struct BridgeInput {
+    /// `nats://HOST:PORT/PREFIX`: the stream `PREFIX_in`.
+    pub url: NatsUrl,
+    /// The source's producer end.
+    pub tx: BatchSender,
+    /// Input partitions, should the stream have to be created.
+    pub in_partitions: u32,
+}
+
+/// A NATS output stream fed by the engine's channel sink.
+pub struct BridgeOutput {
+    /// `nats://HOST:PORT/PREFIX`: the stream `PREFIX_out`.
+    pub url: NatsUrl,
+    /// The sink's consumer end.
+    pub rx: ChunkReceiver,
+    /// Key partitions: subjects `PREFIX.out.<q>`.
+    pub partitions: u32,
+    /// How the output divides into records, and their keys.
+    pub layout: Layout,
+}
+
+/// The number of cores the engine runs on with `opts` (one lane of a NATS source each).
+pub fn engine_cores(opts: &crate::serve::ServeOptions) -> usize {
+    opts.cores
+        .or(opts.cpus.as_ref().map(Vec::len))
+        .unwrap_or_else(|| bettong_engine::online_cpus().len())
+        .max(1)
+}
+
+/// A channel source reading `url`'s input stream, with one lane per engine core of `opts`, and
+/// the bridge's end of it.
+pub fn nats_source(
+    url: &NatsUrl,
+    opts: &crate::serve::ServeOptions,
     in_partitions: u32,
+) -> (SourceConfig, BridgeInput) {
+    let (tx, mut src) = channel_source(&url.to_string(), engine_cores(opts), SOURCE_QUEUE);
+    src.max_frame = opts.max_frame;
+    let input = BridgeInput {
+        url: url.clone(),
+        tx,
+        in_partitions,
+    };
+    (SourceConfig::Channel(src), input)
+}
+
+/// A channel sink publishing to `url`'s output stream, and the bridge's end of it.
+pub fn nats_sink(
+    url: &NatsUrl,
+    opts: &crate::serve::ServeOptions,
+    partitions: u32,
+    layout: Layout,
+) -> (SinkConfig, BridgeOutput) {
+    let (mut cfg, rx) = channel_sink(SINK_QUEUE);
+    cfg.max_held_bytes = opts.limits.sink_buffer;
+    cfg.shutdown_grace = opts.limits.shutdown_grace;
+    let output = BridgeOutput {
+        url: url.clone(),
+        rx,
+        partitions,
+        layout,
+    };
+    (SinkConfig::Channel(cfg), output)
+}
+
+/// Parses a `nats://HOST:PORT/PREFIX` given to `flag`.
+pub fn parse_url(s: &str, flag: &str) -> anyhow::Result<NatsUrl> {
+    let url: NatsUrl = s.parse().map_err(anyhow::Error::msg)?;
+    url.require_prefix(flag)?;
+    Ok(url)
+}
+
+/// Refuses the cluster-only flags on a process that is not a cluster member; `--partitions`
+/// and `--in-partitions` only where a NATS stream is used (`uses_nats`).
+pub fn refuse_member_flags(a: &super::cli::NatsServeArgs, uses_nats: bool) -> anyhow::Result<()> {
+    if !uses_nats {
+        return super::cli::refuse_cluster_flags(a);
+    }
+    if a.lease_ttl.is_some() {
+        bail!("--lease-ttl applies to cluster members only: add --job NAME");
+    }
+    if a.job.is_some() {
+        bail!("--job needs --in nats://HOST:PORT/PREFIX: a cluster member reads its job's input stream");
+    }
+    Ok(())
 }
 
 /// `serve` with a `nats://` `--in` or `--out` and no `--job`.
 pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
-    if a.nats.lease_ttl.is_some() {
-        bail!("--lease-ttl applies to cluster members only: add --job NAME");
-    }
-    if a.nats.job.is_some() {
-        bail!("--job needs --in nats://HOST:PORT/PREFIX: a cluster member reads its job's input stream");
-    }
+    refuse_member_flags(&a.nats, true)?;
     let nats_in = is_nats(&a.input);
     let nats_out = is_nats(&a.output);
     if nats_in && (a.resilience_dir.is_some() || a.start_empty_if_unreadable) {
@@ -56,13 +131,6 @@ pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
              twice; run a cluster job (--job NAME) for checkpoints in NATS"
         );
     }
-    let parse = |s: &str, flag: &str| -> anyhow::Result<NatsUrl> {
-        let url: NatsUrl = s.parse().map_err(anyhow::Error::msg)?;
-        url.require_prefix(flag)?;
-        Ok(url)
-    };
-    let in_url = nats_in.then(|| parse(&a.input, "--in")).transpose()?;
-    let out_url = nats_out.then(|| parse(&a.output, "--out")).transpose()?;
     let partitions = a.nats.partitions.unwrap_or(DEFAULT_PARTITIONS);
     let in_partitions = a.nats.in_partitions.unwrap_or(DEFAULT_IN_PARTITIONS);
     let observe = a.observe();
@@ -71,35 +139,23 @@ pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
     crate::serve::install_signal_handlers()?;
     crate::serve::first_line("serve", &observe, &opts);
 
-    let (source, input_tx, input_shown) = match &in_url {
-        Some(url) => {
-            let (tx, mut src) = channel_source(&url.to_string(), SOURCE_QUEUE);
-            src.max_frame = opts.max_frame;
-            (SourceConfig::Channel(src), Some(tx), url.to_string())
-        }
-        None => {
-            let (_, source) = crate::serve::word_count_source(&opts)?;
-            (source, None, opts.input.clone())
-        }
-    };
-    let (sink, output_rx) = if nats_out {
-        let (mut cfg, rx) = channel_sink(SINK_QUEUE);
-        cfg.max_held_bytes = opts.limits.sink_buffer;
-        cfg.shutdown_grace = opts.limits.shutdown_grace;
-        (SinkConfig::Channel(cfg), Some(rx))
+    let mut inputs = Vec::new();
+    let source = if nats_in {
+        let (source, input) = nats_source(&parse_url(&opts.input, "--in")?, &opts, in_partitions);
+        inputs.push(input);
+        source
     } else {
-        (
-            crate::serve::tcp_sink(&opts, bettong_engine::sink::Records::Delimited(b'\n'))?,
-            None,
-        )
+        crate::serve::word_count_source(&opts)?.1
     };
-    let ends = BridgeEnds {
-        input: in_url.clone().zip(input_tx),
-        output: out_url.clone().zip(output_rx),
-        partitions,
-        in_partitions,
+    let (sink, output) = if nats_out {
+        let url = parse_url(&opts.output, "--out")?;
+        let (sink, output) = nats_sink(&url, &opts, partitions, Layout::Lines);
+        (sink, Some(output))
+    } else {
+        let records = bettong_engine::sink::Records::Delimited(b'\n');
+        (crate::serve::tcp_sink(&opts, records)?, None)
     };
-    let bridge = Bridge::start(ends)?;
+    let bridge = Bridge::start(inputs, output)?;
     let started =
         crate::serve::start_app_with_sink(&opts, crate::app::word_count(), vec![source], sink)
             .with_context(|| format!("starting the word-count server on {}", opts.input));
@@ -111,7 +167,7 @@ pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
             opts.input,
             opts.output
         );
-        crate::serve::run_until_signal(&opts, &observe, running, &input_shown, "word-count server")
+        crate::serve::run_until_signal(&opts, &observe, running, &opts.input, "word-count server")
     });
     // The engine has stopped (its sink queue is closed): publish the rest, then stop.
     let bridged = bridge.finish();
@@ -119,14 +175,14 @@ pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The bridge thread, and how to stop it.
-struct Bridge {
+pub struct Bridge {
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Bridge {
     /// Starts the thread and waits until it has connected and found (or made) the streams.
-    fn start(ends: BridgeEnds) -> anyhow::Result<Bridge> {
+    pub fn start(inputs: Vec<BridgeInput>, output: Option<BridgeOutput>) -> anyhow::Result<Bridge> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -136,7 +192,7 @@ impl Bridge {
                     .enable_all()
                     .build()
                     .context("starting the NATS bridge's tokio runtime")?;
-                rt.block_on(run(ends, ready_tx, stop_rx))
+                rt.block_on(run(inputs, output, ready_tx, stop_rx))
             })
             .context("starting the NATS bridge thread")?;
         match ready_rx.recv() {
@@ -151,7 +207,7 @@ impl Bridge {
 
     /// Stops reading input, publishes the output still queued (every core has finished its
     /// output by now), and joins the thread.
-    fn finish(self) -> anyhow::Result<()> {
+    pub fn finish(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         match self.thread.join() {
             Ok(r) => r,
@@ -162,57 +218,62 @@ impl Bridge {
 
 /// The bridge: set up, report ready, feed and drain until the stop and the end of the output.
 async fn run(
-    ends: BridgeEnds,
+    inputs: Vec<BridgeInput>,
+    output: Option<BridgeOutput>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let in_counts = Arc::new(SourceCounts::default());
     let out_counts = Arc::new(SinkCounts::default());
     let setup = async {
-        let mut feed = None;
+        let mut feeds = Vec::new();
         let mut drain = None;
-        if let Some((url, tx)) = ends.input {
-            let (_client, js) = connect(&url.server).await?;
+        for input in inputs {
+            let url = input.url;
+            let (client, js) = connect(&url.server).await?;
             let streams = StreamNames {
                 prefix: url.require_prefix("--in")?.to_string(),
             };
             // An existing input stream is read whatever its input partitions: every subject.
-            let input = match js.get_stream(streams.in_stream()).await {
+            let stream = match js.get_stream(streams.in_stream()).await {
                 Ok(s) => s,
-                Err(_) => ensure_input(&js, &streams, ends.in_partitions).await?,
+                Err(_) => ensure_input(&js, &streams, input.in_partitions).await?,
             };
             let name = streams.in_stream();
             let counts = in_counts.clone();
-            let messages = super::engine_source::open(&input, &name).await?;
+            let messages = super::engine_source::open(&stream, &name).await?;
             tracing::info!("reading stream {name} on {url} from its first message");
-            feed = Some(tokio::spawn(async move {
+            let tx = input.tx;
+            feeds.push(tokio::spawn(async move {
                 super::engine_source::feed(messages, name, tx, counts).await;
-                drop(_client);
+                drop(client);
             }));
         }
-        if let Some((url, rx)) = ends.output {
+        if let Some(out) = output {
+            let url = out.url;
             let (client, js) = connect(&url.server).await?;
             let streams = StreamNames {
                 prefix: url.require_prefix("--out")?.to_string(),
             };
-            ensure_output(&js, &streams, ends.partitions).await?;
+            ensure_output(&js, &streams, out.partitions).await?;
             tracing::info!(
                 "publishing output on {}.out.<0..{}> ({url})",
                 streams.prefix,
-                ends.partitions
+                out.partitions
             );
             let counts = out_counts.clone();
-            let partitions = ends.partitions;
+            let (partitions, layout, rx) = (out.partitions, out.layout, out.rx);
             drain = Some(tokio::spawn(async move {
-                let r = super::engine_sink::drain(js, streams, partitions, rx, counts).await;
+                let r =
+                    super::engine_sink::drain(js, streams, partitions, layout, rx, counts).await;
                 // Publishes were acknowledged: nothing is left in the client to flush.
                 drop(client);
                 r
             }));
         }
-        anyhow::Ok((feed, drain))
+        anyhow::Ok((feeds, drain))
     };
-    let (feed, drain) = match setup.await {
+    let (feeds, drain) = match setup.await {
         Ok(tasks) => {
             let _ = ready.send(Ok(()));
             tasks
@@ -223,7 +284,7 @@ async fn run(
         }
     };
     let _ = stop.await;
-    if let Some(feed) = feed {
+    for feed in feeds {
         feed.abort();
     }
     let result = match drain {

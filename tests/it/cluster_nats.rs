@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::nats::{
-    member, run_bettong, send_file, serve, settled, validate, wait_status, NatsServer,
+    member, run_bettong, send_file, serve, settled, spawn_ready, validate, wait_status, NatsServer,
 };
 use crate::support::{frame_all, random_message, reference_counts, Rng, WAIT};
 
@@ -457,4 +457,142 @@ fn engine_reads_and_writes_nats_without_a_job() {
     );
     let report = assert_valid(&url2, &from_file, true);
     assert_eq!(report["repeats"], 0, "{report}");
+}
+
+/// Market Spread with both sources on NATS input streams and its results published on a NATS
+/// output stream: every quote applied first (the metrics say so; one input partition, so in
+/// order), then every order (four partitions); the results are exactly the reference's, each on
+/// its symbol's key partition subject.
+#[test]
+fn market_spread_reads_and_writes_nats() {
+    use bettong::market_spread::gen::{generate, GenOptions};
+    use bettong::market_spread::reference::expected_results;
+    use bettong::market_spread::OrderResult;
+    use bettong::nats::partition::fnv1a32;
+
+    let nats = NatsServer::start();
+    let opts = GenOptions {
+        symbols: 40,
+        orders: 3000,
+        quotes: 600,
+        seed: seed(),
+    };
+    let (orders, nbbo) = generate(&opts).expect("generate a market");
+    let (orders_file, nbbo_file) = (nats.dir.join("orders.bin"), nats.dir.join("nbbo.bin"));
+    std::fs::write(&orders_file, &orders).expect("write orders");
+    std::fs::write(&nbbo_file, &nbbo).expect("write quotes");
+    let payloads = |b: &[u8]| -> Vec<Vec<u8>> {
+        bettong_engine::codec::frames(b)
+            .map(|f| f.expect("whole frames").payload.to_vec())
+            .collect()
+    };
+    let (order_payloads, quote_payloads) = (payloads(&orders), payloads(&nbbo));
+    let quote_refs: Vec<&[u8]> = quote_payloads.iter().map(|p| &p[..]).collect();
+    let order_refs: Vec<&[u8]> = order_payloads.iter().map(|p| &p[..]).collect();
+    let mut want = expected_results(&quote_refs, &order_refs);
+    assert!(!want.is_empty(), "the market must reject some orders");
+
+    // One input partition for the quotes: a partition's order is kept (last quote wins), as
+    // one connection's is over TCP.
+    send_file(&nats.url("quotes"), &nbbo_file, 1);
+    let input = format!("Orders@{},Nbbo@{}", nats.url("orders"), nats.url("quotes"));
+    let out = nats.url("results");
+    let mut ms = spawn_ready(&[
+        "market-spread",
+        "--in",
+        &input,
+        "--out",
+        &out,
+        "--cores",
+        "2",
+        "--partitions",
+        "8",
+        "--in-partitions",
+        "4",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let ready = ms.event("ready").expect("a ready line");
+    let metrics: std::net::SocketAddr = ready["metrics"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the ready line names no metrics address: {ready}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = crate::support::monitor::metrics_json(metrics, "/metrics.json");
+        if v["total"]["now"]["frames_in"].as_u64() == Some(quote_payloads.len() as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quotes were not all read within {WAIT:?}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send_file(&nats.url("orders"), &orders_file, I);
+
+    // Read the results back from the output stream until as many as expected have come.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let got: Vec<(String, OrderResult)> = rt.block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
+            .await
+            .expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + WAIT;
+        let stream = loop {
+            match js.get_stream("results_out").await {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "no results_out stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("a consumer of results_out");
+        let mut messages = consumer.messages().await.expect("read results_out");
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let m = tokio::time::timeout(WAIT, messages.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {} results within {WAIT:?}",
+                        got.len(),
+                        want.len()
+                    )
+                })
+                .expect("the consumer goes on")
+                .expect("a message");
+            for f in bettong_engine::codec::frames(&m.payload) {
+                let r = OrderResult::parse(f.expect("whole frames").payload).expect("a result");
+                got.push((m.subject.to_string(), r));
+            }
+        }
+        got
+    });
+    ms.signal("TERM");
+    assert!(
+        ms.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        ms.stderr()
+    );
+    for (subject, r) in &got {
+        let q = fnv1a32(&r.symbol) % 8;
+        assert_eq!(
+            subject,
+            &format!("results.out.{q}"),
+            "the result of order {:?} is on its symbol's subject",
+            r.order_id
+        );
+    }
+    let mut have: Vec<([u8; 4], [u8; 6])> =
+        got.iter().map(|(_, r)| (r.symbol, r.order_id)).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(have, want, "the results must be exactly the reference's");
 }

@@ -143,7 +143,8 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
                 glommio::spawn_local(async move { run_memory_source(w, source, src, cores).await })
             }
             SourceConfig::Channel(src) => {
-                glommio::spawn_local(async move { run_channel_source(w, source, src).await })
+                let cores = s.cores;
+                glommio::spawn_local(async move { run_channel_source(w, source, src, cores).await })
             }
             SourceConfig::File(cfg) => {
                 let (path, ranges) = match &s.file {

@@ -142,7 +142,13 @@ pub fn member(url: &str, job: &str, extra: &[&str]) -> Server {
 pub fn serve(input: &str, output: &str, extra: &[&str]) -> Server {
     let mut args = vec!["serve", "--in", input, "--out", output];
     args.extend_from_slice(extra);
-    let server = Server::spawn_niced(NICE, &args);
+    spawn_ready(&args)
+}
+
+/// Starts `bettong ARGS` (a server command) and waits for its ready line.
+#[track_caller]
+pub fn spawn_ready(args: &[&str]) -> Server {
+    let server = Server::spawn_niced(NICE, args);
     let deadline = Instant::now() + WAIT;
     while server.event("ready").is_none() {
         assert!(
