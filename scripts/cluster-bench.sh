@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Measures a word-count job on NATS JetStream (README "Running a cluster"), side by side in one
 # run: the broker's own ceiling (publish and consume one stream with the same batching, no
-# Bettong), end-to-end words/s with 1, 2 and 3 members, and the time from a join, a SIGTERM
-# leave and a kill -9 to balanced ownership. Each measurement gets a fresh nats-server.
+# Bettong), end-to-end words/s with 1, 2 and 3 members, one process running the engine with NATS
+# as source and sink (no --job, --cores 2), and the time from a join, a SIGTERM leave and a
+# kill -9 to balanced ownership. Each measurement gets a fresh nats-server.
 #
 # Usage: scripts/cluster-bench.sh CORPUS [MEMBERS…]   (CORPUS: gen_corpus.py output, with its
 # .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames;
-# REPEAT default 5: the corpus is sent that many times)
+# REPEAT default 5: the corpus is sent that many times; NATS_PORT: the port of every nats-server
+# it starts, one at a time, default a random one in 20000-39999)
 set -euo pipefail
 B=${BETTONG:-target/release/bettong}
 CORPUS=$1; shift
@@ -26,7 +28,7 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 
 start_nats() {
-  PORT=$((20000 + RANDOM % 20000))
+  PORT=${NATS_PORT:-$((20000 + RANDOM % 20000))}
   rm -rf "$WORK/js"
   nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
   NATS_PID=$!; PIDS+=("$NATS_PID")
@@ -119,6 +121,23 @@ for M in $MEMBERS; do
   checkpoint_costs
   stop_nats
 done
+
+# One process, no --job: the engine on its cores with NATS as its source and sink.
+start_nats
+URL="nats://127.0.0.1:$PORT/eng"
+"$B" serve --in "$URL" --out "$URL" --cores 2 >>"$WORK/members.out" 2>>"$WORK/members.log" &
+ENG=$!; PIDS+=("$ENG")
+for _ in $(seq 100); do grep -q '"ready"' "$WORK/members.out" 2>/dev/null && break; sleep 0.05; done
+"$B" receive --nats "$URL" --expect-lines "$WORDS" --idle-exit 120 >"$WORK/recv.json" 2>/dev/null &
+RECV=$!
+T0=$(now)
+"$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
+wait "$RECV"
+T1=$(now)
+python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'1 process, engine on NATS (serve --in/--out nats:// --cores 2, no --job): $WORDS words in {t:.2f} s: {int(sys.argv[3])/t/1e6:.2f} M words/s end to end')" "$T0" "$T1" "$WORDS"
+kill -TERM "$ENG"; wait "$ENG" 2>/dev/null || true
+: >"$WORK/members.out"
+stop_nats
 
 # Join, leave and kill while input flows: time to balanced ownership, the lag meanwhile.
 start_nats

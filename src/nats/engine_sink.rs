@@ -24,7 +24,7 @@ use bettong_engine::channel_sink::ChunkReceiver;
 use bytes::Bytes;
 
 use super::address::StreamNames;
-use super::partition::fnv1a32;
+use super::partition::Modulo;
 
 /// A key partition's buffer is published once it holds this many bytes.
 pub const FLUSH_BYTES: usize = 64 * 1024;
@@ -92,12 +92,12 @@ impl Partitioned {
 
     /// Appends every frame of `chunk`; an incomplete tail (never made by the engine) is dropped.
     fn add_frames(&mut self, chunk: &[u8], (from, to): (usize, usize)) {
-        let p = self.bufs.len() as u32;
+        let p = Modulo::new(self.bufs.len() as u32);
         for frame in bettong_engine::codec::frames(chunk) {
             let Ok(f) = frame else { break };
             let payload = f.payload;
             let key = &payload[from.min(payload.len())..to.min(payload.len())];
-            let q = (fnv1a32(key) % p) as usize;
+            let q = p.partition(key) as usize;
             self.bufs[q].extend_from_slice(&chunk[f.offset..f.end()]);
             self.lines[q] += 1;
         }
@@ -105,13 +105,13 @@ impl Partitioned {
 
     /// Appends every `\n`-ended line of `chunk` (a last line without `\n` gets one).
     fn add_lines(&mut self, chunk: &[u8]) {
-        let p = self.bufs.len() as u32;
+        let p = Modulo::new(self.bufs.len() as u32);
         for line in chunk.split_inclusive(|&b| b == b'\n') {
             let body = line.strip_suffix(b"\n").unwrap_or(line);
             if body.is_empty() {
                 continue;
             }
-            let q = (fnv1a32(line_key(body)) % p) as usize;
+            let q = p.partition(line_key(body)) as usize;
             self.bufs[q].extend_from_slice(body);
             self.bufs[q].push(b'\n');
             self.lines[q] += 1;
@@ -301,7 +301,7 @@ mod tests {
         p.add(&chunk);
         let taken = p.take(1);
         assert_eq!(taken.iter().map(|t| t.2).sum::<u64>(), 4);
-        let ibm = (fnv1a32(b"IBM ") % 4) as usize;
+        let ibm = (super::super::partition::fnv1a32(b"IBM ") % 4) as usize;
         let (_, payload, n) = taken.iter().find(|t| t.0 as usize == ibm).unwrap();
         let frames: Vec<&[u8]> = bettong_engine::codec::frames(payload)
             .map(|f| f.unwrap().payload)
