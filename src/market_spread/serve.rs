@@ -34,31 +34,8 @@ use crate::serve::{
 /// assert!(parse_inputs("Orders@127.0.0.1:7000").is_err());
 /// ```
 pub fn parse_inputs(spec: &str) -> Result<(SocketAddr, SocketAddr)> {
-    let (mut orders, mut nbbo) = (None, None);
-    for part in spec.split(',') {
-        let Some((name, addr)) = part.split_once('@') else {
-            bail!(
-                "--in {spec:?}: {part:?} has no NAME@ (expected \
-                 Orders@HOST:PORT,Nbbo@HOST:PORT)"
-            );
-        };
-        let slot = match name {
-            "Orders" => &mut orders,
-            "Nbbo" => &mut nbbo,
-            other => bail!(
-                "--in {spec:?}: unknown source name {other:?} (the names are Orders and Nbbo, \
-                 case-sensitive)"
-            ),
-        };
-        if slot.is_some() {
-            bail!("--in {spec:?}: {name} is given twice");
-        }
-        *slot = Some(resolve(addr, "--in")?);
-    }
-    match (orders, nbbo) {
-        (Some(o), Some(n)) => Ok((o, n)),
-        _ => bail!("--in {spec:?} must name both sources: Orders@HOST:PORT,Nbbo@HOST:PORT"),
-    }
+    let (orders, nbbo) = parse_sources(spec)?;
+    Ok((resolve(&orders, "--in")?, resolve(&nbbo, "--in")?))
 }
 
 /// The two source specs of `--in`, Orders first, each `HOST:PORT` or `nats://…`.

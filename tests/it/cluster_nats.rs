@@ -84,6 +84,39 @@ impl Corpus {
     }
 }
 
+/// Bad input, framed, and its valid frames: one message with a good frame, a frame that is not
+/// UTF-8, another good frame, then a truncated frame (sent as a message of its own by `send`);
+/// then a frame above a --max-frame of 4096 (sent alone: larger than --batch-bytes), and a good
+/// frame after it (in the next message). Three frames are rejected.
+fn bad_input() -> (Vec<u8>, Vec<&'static [u8]>) {
+    let good: [&'static [u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
+    let big = vec![b'x'; 5000];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
+    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
+    (bad, good.to_vec())
+}
+
+/// Stops `server` (which read [`bad_input`]) with SIGTERM; checks it exits 0 having rejected
+/// the three bad frames and logged the large one; returns its stopped line.
+#[track_caller]
+fn stop_after_bad_input(server: &mut crate::support::Server) -> serde_json::Value {
+    server.signal("TERM");
+    assert!(
+        server.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        server.stderr()
+    );
+    let stopped = server.event("stopped").expect("a stopped line");
+    // The frame that is not UTF-8, the one above --max-frame, the truncated tail.
+    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
+    assert!(
+        server.stderr().contains("announces 5000 bytes"),
+        "{}",
+        server.stderr()
+    );
+    stopped
+}
+
 fn seed() -> u64 {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -135,15 +168,7 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
         "a member with other settings must refuse to run: {err}"
     );
 
-    // One message: a good frame, a frame that is not UTF-8, another good frame, then a
-    // truncated frame (sent as a message of its own by `send`).
-    // Then a frame above the member's --max-frame (sent alone: larger than --batch-bytes), and
-    // a good frame after it (in the next message).
-    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
-    let big = vec![b'x'; 5000];
-    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
-    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
-    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some(bad_input()));
     let file = corpus.parts[0].to_str().expect("utf-8 path");
     let send = [
         "send",
@@ -174,19 +199,7 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
     );
     let report = assert_valid(&url, &corpus, true);
     assert_eq!(report["repeats"], 0, "{report}");
-    m.signal("TERM");
-    assert!(
-        m.wait_exit(WAIT).success(),
-        "SIGTERM must exit 0: {}",
-        m.stderr()
-    );
-    let stopped = m.event("stopped").expect("a stopped line");
-    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
-    assert!(
-        m.stderr().contains("announces 5000 bytes"),
-        "{}",
-        m.stderr()
-    );
+    let stopped = stop_after_bad_input(&mut m);
     assert_eq!(stopped["metrics"]["fenced"], 0, "{stopped}");
     assert!(
         m.stderr().contains("is not UTF-8"),
@@ -405,11 +418,7 @@ fn cluster_survives_a_nats_server_restart() {
 fn engine_reads_and_writes_nats_without_a_job() {
     let nats = NatsServer::start();
     let url = nats.url("eng");
-    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
-    let big = vec![b'x'; 5000];
-    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
-    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
-    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some(bad_input()));
     for part in &corpus.parts {
         send_file(&url, part, I);
     }
@@ -428,20 +437,7 @@ fn engine_reads_and_writes_nats_without_a_job() {
         lines >= 10 * messages,
         "output lines must be batched into messages: {report}"
     );
-    s.signal("TERM");
-    assert!(
-        s.wait_exit(WAIT).success(),
-        "SIGTERM must exit 0: {}",
-        s.stderr()
-    );
-    let stopped = s.event("stopped").expect("a stopped line");
-    // The frame that is not UTF-8, the one above --max-frame, the truncated tail.
-    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
-    assert!(
-        s.stderr().contains("announces 5000 bytes"),
-        "{}",
-        s.stderr()
-    );
+    stop_after_bad_input(&mut s);
 
     // Another source with the NATS sink: a framed file, read once (the server then exits 0).
     let dir = nats.dir.join("file");
