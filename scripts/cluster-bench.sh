@@ -8,8 +8,8 @@
 # Usage: scripts/cluster-bench.sh CORPUS [MEMBERS…]   (CORPUS: gen_corpus.py output, with its
 # .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames;
 # REPEAT default 5: the corpus is sent that many times; NATS_PORT: the port of every nats-server
-# it starts, one at a time, default a random one in 20000-39999; ONLY_MEMBERS=1: only the member
-# runs, for A/B comparisons of two builds)
+# it starts, one at a time, default a random one in 20000-39999; ONLY=members or ONLY=events:
+# only the member runs, or only the join/leave/kill events, for A/B comparisons of two builds)
 set -euo pipefail
 B=${BETTONG:-target/release/bettong}
 CORPUS=$1; shift
@@ -96,7 +96,8 @@ end_to_end() {
 
 echo "corpus $CORPUS x $REPEAT: $FRAMES frames, $WORDS words, messages of at most $BATCH bytes"
 
-if [ -z "${ONLY_MEMBERS:-}" ]; then
+ONLY=${ONLY:-}
+if [ -z "$ONLY" ]; then
 start_nats
 URL="nats://127.0.0.1:$PORT/ceil"
 "$B" cluster create --nats "$URL" --job ceil 2>/dev/null   # creates ceil_in before the reader starts
@@ -118,6 +119,7 @@ PY
 stop_nats
 fi
 
+[ -n "$ONLY" ] && [ "$ONLY" != members ] && MEMBERS=""
 for M in $MEMBERS; do
   start_nats
   URL="nats://127.0.0.1:$PORT/m$M"
@@ -129,8 +131,9 @@ for M in $MEMBERS; do
   checkpoint_costs
   stop_nats
 done
-[ -n "${ONLY_MEMBERS:-}" ] && exit 0
+[ "$ONLY" = members ] && exit 0
 
+if [ -z "$ONLY" ]; then
 # One process, no --job: the engine on its cores with NATS as its source and sink.
 start_nats
 URL="nats://127.0.0.1:$PORT/eng"
@@ -141,6 +144,7 @@ end_to_end "$URL" "1 process, engine on NATS (serve --in/--out nats:// --cores 2
 kill -TERM "$ENG"; wait "$ENG" 2>/dev/null || true
 : >"$WORK/members.out"
 stop_nats
+fi
 
 # Join, leave and kill while input flows: time to balanced ownership, the lag meanwhile.
 start_nats
@@ -163,6 +167,8 @@ echo "then caught up (no lag) after $(settle ev 1 1)"
 stop_members
 checkpoint_costs
 stop_nats
+
+[ "$ONLY" = events ] && exit 0
 
 # The single-process figure beside it: the same corpus over loopback TCP, no NATS.
 "$B" bench --framed-file "$CORPUS" --repeat 5 --rate 0 --json 2>/dev/null | python3 -c "
