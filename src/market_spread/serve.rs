@@ -115,7 +115,7 @@ pub fn start_with_nats(opts: &ServeOptions, nats: (u32, u32)) -> Result<(Running
     } else {
         (tcp_sink(opts, Records::Framed)?, None)
     };
-    let bridge = Bridge::start(inputs, output)?;
+    let bridge = Bridge::start(inputs, output, opts.limits.shutdown_grace)?;
     match start_app_with_sink(opts, market_spread(), sources, sink) {
         Ok(running) => {
             log_started(&running, opts);

@@ -155,7 +155,7 @@ pub fn serve(a: crate::cli::ServeArgs) -> anyhow::Result<()> {
         let records = bettong_engine::sink::Records::Delimited(b'\n');
         (crate::serve::tcp_sink(&opts, records)?, None)
     };
-    let bridge = Bridge::start(inputs, output)?;
+    let bridge = Bridge::start(inputs, output, opts.limits.shutdown_grace)?;
     let started =
         crate::serve::start_app_with_sink(&opts, crate::app::word_count(), vec![source], sink)
             .with_context(|| format!("starting the word-count server on {}", opts.input));
@@ -182,7 +182,13 @@ pub struct Bridge {
 
 impl Bridge {
     /// Starts the thread and waits until it has connected and found (or made) the streams.
-    pub fn start(inputs: Vec<BridgeInput>, output: Option<BridgeOutput>) -> anyhow::Result<Bridge> {
+    /// Once the engine has stopped, the output still held is published within `grace`
+    /// (`--shutdown-grace`), or given up on.
+    pub fn start(
+        inputs: Vec<BridgeInput>,
+        output: Option<BridgeOutput>,
+        grace: Duration,
+    ) -> anyhow::Result<Bridge> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -192,7 +198,7 @@ impl Bridge {
                     .enable_all()
                     .build()
                     .context("starting the NATS bridge's tokio runtime")?;
-                rt.block_on(run(inputs, output, ready_tx, stop_rx))
+                rt.block_on(run(inputs, output, grace, ready_tx, stop_rx))
             })
             .context("starting the NATS bridge thread")?;
         match ready_rx.recv() {
@@ -220,6 +226,7 @@ impl Bridge {
 async fn run(
     inputs: Vec<BridgeInput>,
     output: Option<BridgeOutput>,
+    grace: Duration,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
@@ -288,11 +295,12 @@ async fn run(
         feed.abort();
     }
     let result = match drain {
-        Some(drain) => match tokio::time::timeout(Duration::from_secs(60), drain).await {
+        Some(drain) => match tokio::time::timeout(grace, drain).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(anyhow::anyhow!("the NATS output task failed: {e}")),
             Err(_) => Err(anyhow::anyhow!(
-                "the output was not all acknowledged by NATS within 60 s after the stop"
+                "the output was not all acknowledged by NATS within {grace:?} after the \
+                 engine stopped (--shutdown-grace): what was not is lost"
             )),
         },
         None => Ok(()),
