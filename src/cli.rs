@@ -209,7 +209,10 @@ pub struct ServeArgs {
     /// `nats://HOST:PORT/PREFIX`, the NATS JetStream stream PREFIX_in (with --job: a cluster
     /// member). For `market-spread`: `Orders@HOST:PORT,Nbbo@HOST:PORT`, either may be
     /// `nats://HOST:PORT/PREFIX`.
-    #[arg(long = "in", value_name = "[NAME@]HOST:PORT|file:PATH|nats://HOST:PORT/PREFIX")]
+    #[arg(
+        long = "in",
+        value_name = "[NAME@]HOST:PORT|file:PATH|nats://HOST:PORT/PREFIX"
+    )]
     pub input: String,
     /// Receiver to send the output to (word count's lines, Market Spread's framed results),
     /// `HOST:PORT`; or `nats://HOST:PORT/PREFIX`, published on the subjects PREFIX.out.<q>.

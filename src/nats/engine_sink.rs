@@ -6,15 +6,15 @@
 //! word count's `word => count`, or the whole line) or frames ([`Layout::Frames`]: a 4-byte
 //! length, then the payload, whose key is a byte range of the payload; Market Spread's results,
 //! keyed by symbol). Each key partition has its own buffer, published once it holds [`FLUSH_BYTES`] or when
-//! no more output is queued; a record is never split across messages. At most [`WINDOW`]
-//! publishes wait for their acknowledgement: past it the sink waits, the engine's queue fills,
-//! and the cores stop reading (backpressure, nothing unbounded). A publish that is not
-//! acknowledged (the server restarting) is sent again until it is, so output is at least once;
-//! a retried message can then land after later ones of its subject.
+//! no more output is queued; a record is never split across messages. Each subject has at most
+//! one publish waiting for its acknowledgement (so at most `P` in all): the next one on that
+//! subject waits for it, the engine's queue fills, and the cores stop reading (backpressure,
+//! nothing unbounded). A publish that is not acknowledged (the server restarting) is sent again
+//! until it is, before anything later on its subject, so a subject's order is kept; its lines
+//! may land twice (at-least-once output).
 //!
 //! It runs on the bridge's tokio runtime ([`super::standalone`]), never on an engine core.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +28,6 @@ use super::partition::Modulo;
 
 /// A key partition's buffer is published once it holds this many bytes.
 pub const FLUSH_BYTES: usize = 64 * 1024;
-
-/// Publishes waiting for their acknowledgement, at most.
-pub const WINDOW: usize = 256;
 
 /// What the sink has published.
 #[derive(Debug, Default)]
@@ -144,7 +141,7 @@ struct Pending {
 }
 
 /// Publishes the chunks of `rx`, records laid out as `layout`, until every core has finished
-/// its output, then waits for the last acknowledgement.
+/// its output, then waits for the last acknowledgements.
 pub async fn drain(
     js: jetstream::Context,
     streams: StreamNames,
@@ -154,14 +151,15 @@ pub async fn drain(
     counts: Arc<SinkCounts>,
 ) -> anyhow::Result<()> {
     let mut parts = Partitioned::new(partitions, layout);
-    let mut window: VecDeque<Pending> = VecDeque::new();
+    // Per key partition, its publish waiting for an acknowledgement.
+    let mut waiting: Vec<Option<Pending>> = (0..partitions.max(1)).map(|_| None).collect();
     loop {
         let chunk = match rx.try_recv() {
             Some(c) => Some(c),
             None => {
                 // Nothing queued: publish what is buffered before waiting for more.
                 for (q, payload, lines) in parts.take(1) {
-                    send(&js, &streams, q, payload, lines, &mut window, &counts).await?;
+                    send(&js, &streams, q, payload, lines, &mut waiting, &counts).await?;
                 }
                 rx.recv().await
             }
@@ -169,36 +167,35 @@ pub async fn drain(
         let Some(chunk) = chunk else { break };
         parts.add(&chunk.bytes);
         for (q, payload, lines) in parts.take(FLUSH_BYTES) {
-            send(&js, &streams, q, payload, lines, &mut window, &counts).await?;
+            send(&js, &streams, q, payload, lines, &mut waiting, &counts).await?;
         }
     }
     for (q, payload, lines) in parts.take(1) {
-        send(&js, &streams, q, payload, lines, &mut window, &counts).await?;
+        send(&js, &streams, q, payload, lines, &mut waiting, &counts).await?;
     }
-    while let Some(p) = window.pop_front() {
+    for p in waiting.iter_mut().filter_map(Option::take) {
         settle(&js, p, &counts).await?;
     }
     Ok(())
 }
 
-/// Publishes one payload, first settling the oldest publish while the window is full.
+/// Publishes one payload on partition `q`'s subject, once the previous one there is settled.
 async fn send(
     js: &jetstream::Context,
     streams: &StreamNames,
     q: u32,
     payload: Vec<u8>,
     lines: u64,
-    window: &mut VecDeque<Pending>,
+    waiting: &mut [Option<Pending>],
     counts: &SinkCounts,
 ) -> anyhow::Result<()> {
-    while window.len() >= WINDOW {
-        let p = window.pop_front().expect("a full window");
+    if let Some(p) = waiting[q as usize].take() {
         settle(js, p, counts).await?;
     }
     let subject = streams.out_subject(q);
     let payload = Bytes::from(payload);
     let ack = publish(js, &subject, payload.clone(), counts).await?;
-    window.push_back(Pending {
+    waiting[q as usize] = Some(Pending {
         subject,
         payload,
         lines,

@@ -24,12 +24,20 @@ pub struct SourceCounts {
     pub bytes: AtomicU64,
 }
 
-/// An ordered consumer of every subject of `input`, from its first message on (`name` names
-/// the stream in errors).
-pub async fn open(input: &stream::Stream, name: &str) -> anyhow::Result<consumer::pull::Ordered> {
+/// An ordered consumer of every subject of `input`, from stream sequence `from` on (1: its
+/// first message; `name` names the stream in errors).
+pub async fn open(
+    input: &stream::Stream,
+    name: &str,
+    from: u64,
+) -> anyhow::Result<consumer::pull::Ordered> {
+    let deliver_policy = match from {
+        0 | 1 => consumer::DeliverPolicy::All,
+        start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+    };
     let consumer = input
         .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
+            deliver_policy,
             ..Default::default()
         })
         .await
@@ -40,43 +48,68 @@ pub async fn open(input: &stream::Stream, name: &str) -> anyhow::Result<consumer
         .map_err(|e| anyhow::anyhow!("cannot read stream {name}: {e}"))
 }
 
-/// Hands every message of `messages` to `tx`, until the engine's source finishes. A consumer
-/// error (the server restarting) is logged, and the ordered consumer goes on from the last
-/// message it delivered.
+/// Hands every message of `messages`, then of the consumers that replace it, to `tx`, until
+/// the engine's source finishes. The ordered consumer recreates itself after some failures but
+/// not all (a pull failing with "consumer not found" after the server restarted, for one): on
+/// any error this opens a new one at the message after the last one handed over.
 pub async fn feed(
+    input: stream::Stream,
     mut messages: consumer::pull::Ordered,
     name: String,
     tx: BatchSender,
     counts: Arc<SourceCounts>,
 ) {
     let errors = bettong_engine::LogLimit::default();
-    while let Some(m) = messages.next().await {
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                if let Some(held_back) = errors.allow() {
-                    tracing::warn!(
-                        "reading stream {name}: {e}; the ordered consumer resumes after the \
-                         last message it delivered{}",
-                        bettong_engine::LogLimit::note(held_back)
-                    );
+    let mut next = 1;
+    loop {
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Some(held_back) = errors.allow() {
+                        tracing::warn!(
+                            "reading stream {name}: {e}; reading again from its message {next}{}",
+                            bettong_engine::LogLimit::note(held_back)
+                        );
+                    }
+                    break;
                 }
-                continue;
+            };
+            if let Ok(info) = m.info() {
+                next = info.stream_sequence + 1;
             }
-        };
-        let len = m.payload.len() as u64;
-        // `PREFIX.in.<i>`: input partition i goes to lane i, so its order is kept.
-        let lane = m
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|i| i.parse::<usize>().ok())
-            .unwrap_or(0);
-        if tx.send(lane, Box::new(m.message.payload)).await.is_err() {
-            // The engine's cores have finished: nothing more is read.
-            break;
+            let len = m.payload.len() as u64;
+            // `PREFIX.in.<i>`: input partition i goes to lane i, so its order is kept.
+            let lane = m
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .unwrap_or(0);
+            if tx.send(lane, Box::new(m.message.payload)).await.is_err() {
+                // The engine's cores have finished: nothing more is read.
+                return;
+            }
+            counts.messages.fetch_add(1, Relaxed);
+            counts.bytes.fetch_add(len, Relaxed);
         }
-        counts.messages.fetch_add(1, Relaxed);
-        counts.bytes.fetch_add(len, Relaxed);
+        // An error, or the consumer ended: a new one, once the server answers.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match open(&input, &name, next).await {
+                Ok(m) => {
+                    messages = m;
+                    break;
+                }
+                Err(e) => {
+                    if let Some(held_back) = errors.allow() {
+                        tracing::warn!(
+                            "{e:#}; retrying{}",
+                            bettong_engine::LogLimit::note(held_back)
+                        );
+                    }
+                }
+            }
+        }
     }
 }

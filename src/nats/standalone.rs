@@ -248,11 +248,11 @@ async fn run(
             };
             let name = streams.in_stream();
             let counts = in_counts.clone();
-            let messages = super::engine_source::open(&stream, &name).await?;
+            let messages = super::engine_source::open(&stream, &name, 1).await?;
             tracing::info!("reading stream {name} on {url} from its first message");
             let tx = input.tx;
             feeds.push(tokio::spawn(async move {
-                super::engine_source::feed(messages, name, tx, counts).await;
+                super::engine_source::feed(stream, messages, name, tx, counts).await;
                 drop(client);
             }));
         }
