@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Measures a word-count job on NATS JetStream (README "Running a cluster"), side by side in one
 # run: the broker's own ceiling (publish and consume one stream with the same batching, no
-# Bettong), end-to-end words/s with 1, 2 and 3 members, and the time from a join, a SIGTERM
-# leave and a kill -9 to balanced ownership. Each measurement gets a fresh nats-server.
+# Bettong), end-to-end words/s with 1, 2 and 3 members, one process running the engine with NATS
+# as source and sink (no --job, --cores 2), and the time from a join, a SIGTERM leave and a
+# kill -9 to balanced ownership. Each measurement gets a fresh nats-server.
 #
 # Usage: scripts/cluster-bench.sh CORPUS [MEMBERS…]   (CORPUS: gen_corpus.py output, with its
 # .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames;
-# REPEAT default 5: the corpus is sent that many times)
+# REPEAT default 5: the corpus is sent that many times; NATS_PORT: the port of every nats-server
+# it starts, one at a time, default a random one in 20000-39999; ONLY=members or ONLY=events:
+# only the member runs, or only the join/leave/kill events, for A/B comparisons of two builds)
 set -euo pipefail
 B=${BETTONG:-target/release/bettong}
 CORPUS=$1; shift
@@ -26,7 +29,7 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 
 start_nats() {
-  PORT=$((20000 + RANDOM % 20000))
+  PORT=${NATS_PORT:-$((20000 + RANDOM % 20000))}
   rm -rf "$WORK/js"
   nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
   NATS_PID=$!; PIDS+=("$NATS_PID")
@@ -79,9 +82,22 @@ PY
 # Stops this run's members (SIGTERM: a clean leave while the server is still up).
 stop_members() { for p in "${RUN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${RUN[@]}"; do wait "$p" 2>/dev/null || true; done; RUN=(); }
 RUN=()
+# end_to_end URL LABEL: sends the corpus to URL's input stream and prints words/s from the first
+# input published to the last output line read.
+end_to_end() {
+  "$B" receive --nats "$1" --expect-lines "$WORDS" --idle-exit 120 >"$WORK/recv.json" 2>/dev/null &
+  local recv=$! t0 t1
+  t0=$(now)
+  "$B" send --nats "$1" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
+  wait "$recv"
+  t1=$(now)
+  python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'{sys.argv[4]}: {sys.argv[3]} words in {t:.2f} s: {int(sys.argv[3])/t/1e6:.2f} M words/s end to end')" "$t0" "$t1" "$WORDS" "$2"
+}
 
 echo "corpus $CORPUS x $REPEAT: $FRAMES frames, $WORDS words, messages of at most $BATCH bytes"
 
+ONLY=${ONLY:-}
+if [ -z "$ONLY" ]; then
 start_nats
 URL="nats://127.0.0.1:$PORT/ceil"
 "$B" cluster create --nats "$URL" --job ceil 2>/dev/null   # creates ceil_in before the reader starts
@@ -101,24 +117,34 @@ print(f"broker ceiling (publish + consume one stream): {s['messages']} msgs in {
       f"(publish alone {s['messages_per_sec']:,.0f} msgs/s)")
 PY
 stop_nats
+fi
 
+[ -n "$ONLY" ] && [ "$ONLY" != members ] && MEMBERS=""
 for M in $MEMBERS; do
   start_nats
   URL="nats://127.0.0.1:$PORT/m$M"
   "$B" cluster create --nats "$URL" --job "m$M" 2>/dev/null
   for _ in $(seq "$M"); do member "$URL" "m$M"; done
   wait_status "m$M" "$M"
-  "$B" receive --nats "$URL" --expect-lines "$WORDS" --idle-exit 120 >"$WORK/recv.json" 2>/dev/null &
-  RECV=$!
-  T0=$(now)
-  "$B" send --nats "$URL" --framed-file "$CORPUS" --repeat "$REPEAT" --batch-bytes "$BATCH" >/dev/null 2>&1
-  wait "$RECV"
-  T1=$(now)
-  python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'$M member(s): $WORDS words in {t:.2f} s: {int(sys.argv[3])/t/1e6:.2f} M words/s end to end')" "$T0" "$T1" "$WORDS"
+  end_to_end "$URL" "$M member(s)"
   stop_members
   checkpoint_costs
   stop_nats
 done
+[ "$ONLY" = members ] && exit 0
+
+if [ -z "$ONLY" ]; then
+# One process, no --job: the engine on its cores with NATS as its source and sink.
+start_nats
+URL="nats://127.0.0.1:$PORT/eng"
+"$B" serve --in "$URL" --out "$URL" --cores 2 >>"$WORK/members.out" 2>>"$WORK/members.log" &
+ENG=$!; PIDS+=("$ENG")
+for _ in $(seq 100); do grep -q '"ready"' "$WORK/members.out" 2>/dev/null && break; sleep 0.05; done
+end_to_end "$URL" "1 process, engine on NATS (serve --in/--out nats:// --cores 2, no --job)"
+kill -TERM "$ENG"; wait "$ENG" 2>/dev/null || true
+: >"$WORK/members.out"
+stop_nats
+fi
 
 # Join, leave and kill while input flows: time to balanced ownership, the lag meanwhile.
 start_nats
@@ -141,6 +167,8 @@ echo "then caught up (no lag) after $(settle ev 1 1)"
 stop_members
 checkpoint_costs
 stop_nats
+
+[ "$ONLY" = events ] && exit 0
 
 # The single-process figure beside it: the same corpus over loopback TCP, no NATS.
 "$B" bench --framed-file "$CORPUS" --repeat 5 --rate 0 --json 2>/dev/null | python3 -c "

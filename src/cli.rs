@@ -214,13 +214,18 @@ impl BenchArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on, `[NAME@]HOST:PORT`; or `file:PATH`, a framed file (like
-    /// gen_corpus.py's output) read once, after which the server exits 0. For
-    /// `market-spread`: `Orders@HOST:PORT,Nbbo@HOST:PORT`, both TCP.
-    #[arg(long = "in", value_name = "[NAME@]HOST:PORT|file:PATH")]
+    /// gen_corpus.py's output) read once, after which the server exits 0; or
+    /// `nats://HOST:PORT/PREFIX`, the NATS JetStream stream PREFIX_in (with --job: a cluster
+    /// member). For `market-spread`: `Orders@HOST:PORT,Nbbo@HOST:PORT`, either may be
+    /// `nats://HOST:PORT/PREFIX`.
+    #[arg(
+        long = "in",
+        value_name = "[NAME@]HOST:PORT|file:PATH|nats://HOST:PORT/PREFIX"
+    )]
     pub input: String,
     /// Receiver to send the output to (word count's lines, Market Spread's framed results),
-    /// `HOST:PORT`.
-    #[arg(long = "out", value_name = "HOST:PORT")]
+    /// `HOST:PORT`; or `nats://HOST:PORT/PREFIX`, published on the subjects PREFIX.out.<q>.
+    #[arg(long = "out", value_name = "HOST:PORT|nats://HOST:PORT/PREFIX")]
     pub output: String,
     /// Cores to run on, one pinned executor each (default: every online core, or every CPU of
     /// --cpus).

@@ -15,11 +15,15 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Bench(BenchArgs::default_run()))
     {
-        Command::Serve(a) if nats::is_nats(&a.input) => nats::serve_member(&a),
+        Command::Serve(a) if nats::is_nats(&a.input) && a.nats.job.is_some() => {
+            nats::serve_member(&a)
+        }
+        Command::Serve(a) if nats::is_nats(&a.input) || nats::is_nats(&a.output) => {
+            bettong::nats::standalone::serve(a)
+        }
         Command::Serve(a) => nats::refuse_cluster_flags(&a.nats)
             .and_then(|()| bettong::serve::serve(&a.observe(), &a.options())),
-        Command::MarketSpread(a) => nats::refuse_cluster_flags(&a.nats)
-            .and_then(|()| bettong::market_spread::serve::serve(&a.observe(), &a.options())),
+        Command::MarketSpread(a) => market_spread(a),
         Command::Send(a) if a.nats.nats.is_some() => nats::send(&a),
         Command::Receive(a) if a.nats.nats.is_some() => nats::receive(&a),
         Command::Cluster(c) => nats::cluster(&c),
@@ -102,4 +106,14 @@ fn run_bench(a: &BenchArgs) -> anyhow::Result<(serde_json::Value, String)> {
             .and_then(|o| bettong::market_spread::bench::run_market_bench(&o))
             .map(|r| (r.json(), r.table())),
     }
+}
+
+/// `market-spread`: `--partitions` and `--in-partitions` apply where a stream is `nats://…`.
+fn market_spread(a: bettong::cli::ServeArgs) -> anyhow::Result<()> {
+    let uses_nats = a.input.contains("nats://") || nats::is_nats(&a.output);
+    bettong::nats::standalone::refuse_member_flags(&a.nats, uses_nats)?;
+    let partitions = a.nats.partitions.unwrap_or(nats::DEFAULT_PARTITIONS);
+    let in_partitions = a.nats.in_partitions.unwrap_or(nats::DEFAULT_IN_PARTITIONS);
+    let observe = a.observe();
+    bettong::market_spread::serve::serve(&observe, &a.options(), (partitions, in_partitions))
 }

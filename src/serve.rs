@@ -137,18 +137,7 @@ pub fn io_backend_from_env() -> Result<IoBackend> {
 /// Starts the word-count server and returns it running (tests and the bench use this).
 pub fn start_server(opts: &ServeOptions) -> Result<Running> {
     check_limits(opts)?;
-    let (name, source) = match opts.input.strip_prefix("file:") {
-        Some("") => bail!("--in file: needs a path, as in --in file:/data/corpus.bin"),
-        Some(path) => {
-            let mut f = FileSourceConfig::new(path);
-            f.max_frame = opts.max_frame;
-            (None, SourceConfig::File(f))
-        }
-        None => {
-            let (name, input) = parse_input(&opts.input)?;
-            (name, SourceConfig::Tcp(tcp_source(opts, input)?))
-        }
-    };
+    let (name, source) = word_count_source(opts)?;
     let running = start_app(
         opts,
         crate::app::word_count(),
@@ -175,6 +164,23 @@ pub fn start_server(opts: &ServeOptions) -> Result<Running> {
     Ok(running)
 }
 
+/// The source `--in` names: a framed file (`file:PATH`) or a TCP address (`[NAME@]HOST:PORT`),
+/// with the name the address gave, if any.
+pub fn word_count_source(opts: &ServeOptions) -> Result<(Option<String>, SourceConfig)> {
+    Ok(match opts.input.strip_prefix("file:") {
+        Some("") => bail!("--in file: needs a path, as in --in file:/data/corpus.bin"),
+        Some(path) => {
+            let mut f = FileSourceConfig::new(path);
+            f.max_frame = opts.max_frame;
+            (None, SourceConfig::File(f))
+        }
+        None => {
+            let (name, input) = parse_input(&opts.input)?;
+            (name, SourceConfig::Tcp(tcp_source(opts, input)?))
+        }
+    })
+}
+
 /// A TCP source on `addr` with the limits of `opts` (and the socket backend `BETTONG_IO` asks
 /// for).
 pub fn tcp_source(opts: &ServeOptions, addr: SocketAddr) -> Result<TcpSourceConfig> {
@@ -198,7 +204,27 @@ pub fn start_app<A: PersistApp>(
     sources: Vec<SourceConfig>,
     records: Records,
 ) -> Result<Running> {
+    let sink = tcp_sink(opts, records)?;
+    start_app_with_sink(opts, app, sources, sink)
+}
+
+/// The TCP sink on `--out`, with the limits of `opts`, whose output divides into `records`.
+pub fn tcp_sink(opts: &ServeOptions, records: Records) -> Result<SinkConfig> {
     let output = resolve(&opts.output, "--out")?;
+    let mut sink = TcpSinkConfig::new(output);
+    sink.max_held_bytes = opts.limits.sink_buffer;
+    sink.shutdown_grace = opts.limits.shutdown_grace;
+    sink.records = records;
+    Ok(SinkConfig::Tcp(sink))
+}
+
+/// [`start_app`] with any sink.
+pub fn start_app_with_sink<A: PersistApp>(
+    opts: &ServeOptions,
+    app: A,
+    sources: Vec<SourceConfig>,
+    sink: SinkConfig,
+) -> Result<Running> {
     // The engine's own log names its limits but not the flags that set them: say it here.
     tracing::info!(
         "limits: --max-frame {} bytes, --max-connections-per-core {}, --idle-timeout {:?} (a \
@@ -219,11 +245,6 @@ pub fn start_app<A: PersistApp>(
     if let Some(cpus) = &opts.cpus {
         engine = engine.cpus(cpus.clone());
     }
-    let mut sink = TcpSinkConfig::new(output);
-    sink.max_held_bytes = opts.limits.sink_buffer;
-    sink.shutdown_grace = opts.limits.shutdown_grace;
-    sink.records = records;
-    let sink = SinkConfig::Tcp(sink);
     let running = match &opts.resilience_dir {
         Some(dir) => {
             if opts.checkpoint_interval.is_zero() {

@@ -16,7 +16,8 @@
 //! - [`routing`]: key hash → owner core, and the batches that cross cores.
 //! - [`state`]: one core's shard of one state step's keys.
 //! - [`codec`]: the length-prefixed framing, decoded in place, and the one frame iterator.
-//! - [`source`], [`sink`]: where frames come from and output goes (TCP, a framed file, memory).
+//! - [`source`], [`sink`]: where frames come from and output goes (TCP, a framed file, memory,
+//!   or another thread over a bounded queue: [`channel_source`], [`channel_sink`]).
 //!   Every source reads through one step (`read_step.rs`: wait for sink room, ingest, log
 //!   rejects, flush); the TCP source (`tcp/`) is one module over two byte backends (glommio
 //!   `recv`, io_uring provided buffers).
@@ -51,6 +52,8 @@
 
 #![warn(missing_docs)]
 
+pub mod channel_sink;
+pub mod channel_source;
 pub mod checkpoint;
 pub mod codec;
 mod dataflow;

@@ -47,6 +47,9 @@ pub enum SinkConfig {
     Memory,
     /// Output is encoded, counted in `bytes_out` and dropped: for in-process benchmarks.
     Discard,
+    /// Each core's output goes, chunk by chunk, to a consumer on another thread over a bounded
+    /// queue (`channel_sink.rs`): a message broker's client, for instance.
+    Channel(crate::channel_sink::ChannelSinkConfig),
 }
 
 /// Settings of the TCP sink.
@@ -334,7 +337,7 @@ pub(crate) struct Chunk {
 impl Chunk {
     /// Records the chunk's latencies once its last byte is written: end to end, and the
     /// apply → sink buffer → write stages.
-    fn written(&self, metrics: &Metrics, core: usize) {
+    pub(crate) fn written(&self, metrics: &Metrics, core: usize) {
         metrics.latency(core).record(self.born);
         let stages = metrics.stages(core);
         stages.record(Stage::ApplyToSinkBuffer, self.applied, self.queued);

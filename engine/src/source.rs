@@ -1,6 +1,7 @@
 //! Sources: where frames come from, and the settings for each kind.
 //!
 //! [`SourceConfig::Tcp`] listens on an address on every core (`tcp/`);
+//! [`SourceConfig::Channel`] takes batches of frames from another thread (`channel_source.rs`);
 //! [`SourceConfig::Memory`] feeds a framed buffer from memory (`memory.rs`), for embedding,
 //! tests and in-process benchmarks. A memory source is finite: the engine stops by itself once
 //! it is consumed and everything is flushed.
@@ -21,6 +22,9 @@ pub enum SourceConfig {
     /// A framed file, split between the cores at frame boundaries; replayable, so with
     /// checkpoints its read positions are restored too ([`crate::FileSourceConfig`]).
     File(crate::FileSourceConfig),
+    /// Batches of frames handed over by another thread over a bounded queue that every core
+    /// takes from (`channel_source.rs`): a message broker's client, for instance.
+    Channel(crate::channel_source::ChannelSource),
 }
 
 /// The default [`TcpSourceConfig::partial_frame_budget`]: 128 MiB per core.

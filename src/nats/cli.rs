@@ -24,10 +24,12 @@ pub struct NatsServeArgs {
     /// (letters, digits, '-', '_').
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
-    /// With --job: key partitions of the job, fixed for its life [default: 64].
+    /// With --job: key partitions of the job, fixed for its life; without --job, of a
+    /// nats:// --out (its subjects PREFIX.out.0..P) [default: 64].
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub partitions: Option<u32>,
-    /// With --job: input partitions (subjects PREFIX.in.0..I) [default: 8].
+    /// Input partitions (subjects PREFIX.in.0..I) of the job, or of a nats:// --in stream
+    /// that does not exist yet [default: 8].
     #[arg(long, value_name = "I", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_partitions: Option<u32>,
     /// With --job: how long a member's lease on its partitions lasts without renewal; a member

@@ -36,8 +36,8 @@ pub struct PartitionState {
     pub pos: u64,
     /// Per input partition, the sequence of the last input message applied.
     pub last_in: Vec<u64>,
-    /// Word counts.
-    pub counts: HashMap<String, u64>,
+    /// Word counts (foldhash: SipHash was 9.5% of a member's samples in a 2-member profile).
+    pub counts: HashMap<String, u64, foldhash::fast::RandomState>,
 }
 
 /// Key partition `q`'s work.
@@ -92,6 +92,22 @@ impl Counter {
     }
 }
 
+/// The `\n`-ended words of a section, as `str::split_terminator('\n')` gives them, by a plain
+/// byte scan: the searcher of `split_terminator` was 7% of a member's samples in a 2-member
+/// profile, for words of a few bytes.
+fn words_of(section: &str) -> impl Iterator<Item = &str> {
+    let mut rest = section;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.bytes().position(|b| b == b'\n').unwrap_or(rest.len());
+        let word = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        Some(word)
+    })
+}
+
 impl Work for Counter {
     async fn apply(&mut self, batch: Vec<jetstream::Message>, held: &Held) -> anyhow::Result<()> {
         let mut lines = 0;
@@ -129,7 +145,7 @@ impl Work for Counter {
                     skipped += 1;
                     continue;
                 }
-                for word in words.split_terminator('\n') {
+                for word in words_of(words) {
                     let count = match self.state.counts.get_mut(word) {
                         Some(c) => c,
                         None => self.state.counts.entry(word.to_string()).or_insert(0),
@@ -177,5 +193,18 @@ impl Work for Counter {
             },
             object: Some(bytes),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words_of;
+
+    #[test]
+    fn words_of_splits_as_split_terminator_does() {
+        for s in ["", "a\n", "a\nbb\n", "a\n\nb", "école\nß\n", "\n", "x"] {
+            let want: Vec<&str> = s.split_terminator('\n').collect();
+            assert_eq!(words_of(s).collect::<Vec<_>>(), want, "{s:?}");
+        }
     }
 }

@@ -9,11 +9,18 @@
 //!
 //! Ownership lives in a KV bucket ([`lease`]); [`member`] runs the loop that joins, balances and
 //! leaves. All NATS I/O runs on one tokio runtime owned by the member ([`member::serve`]).
+//!
+//! Without `--job`, NATS is a plain source and sink of the engine ([`standalone`]): the engine's
+//! word count on its glommio cores reads the input stream ([`engine_source`]) and publishes
+//! its lines by key partition ([`engine_sink`]), over the engine's bounded channel source and
+//! sink, from one bridge thread running the NATS client.
 
 pub mod address;
 pub mod cli;
 pub mod counter;
 pub mod driver;
+pub mod engine_sink;
+pub mod engine_source;
 pub mod lease;
 pub mod member;
 pub mod metrics;
@@ -23,4 +30,5 @@ pub mod repartition;
 pub mod send;
 pub mod setup;
 pub mod splitter;
+pub mod standalone;
 pub mod status;

@@ -109,16 +109,8 @@ pub async fn ensure_input(
     streams: &StreamNames,
     in_partitions: u32,
 ) -> anyhow::Result<stream::Stream> {
-    ensure_stream(
-        js,
-        file_stream(
-            streams.in_stream(),
-            format!("{}.in.*", streams.prefix),
-            format!("bettong input; in_partitions={in_partitions}"),
-        ),
-        "pass the --in-partitions it was made with, or delete the stream to start over",
-    )
-    .await
+    let name = streams.in_stream();
+    ensure_prefix_stream(js, streams, name, "in", "in_partitions", in_partitions).await
 }
 
 /// Makes sure the output stream of `streams` exists with `partitions` key partitions.
@@ -127,14 +119,32 @@ pub async fn ensure_output(
     streams: &StreamNames,
     partitions: u32,
 ) -> anyhow::Result<stream::Stream> {
+    let name = streams.out_stream();
+    ensure_prefix_stream(js, streams, name, "out", "partitions", partitions).await
+}
+
+/// Makes sure stream `name` of `streams`' prefix exists, holding the subjects `PREFIX.<dir>.*`
+/// and made with `setting` (`in_partitions` or `partitions`, the flag of the same name) `n`.
+async fn ensure_prefix_stream(
+    js: &jetstream::Context,
+    streams: &StreamNames,
+    name: String,
+    dir: &str,
+    setting: &str,
+    n: u32,
+) -> anyhow::Result<stream::Stream> {
+    let kind = if dir == "in" { "input" } else { "output" };
     ensure_stream(
         js,
         file_stream(
-            streams.out_stream(),
-            format!("{}.out.*", streams.prefix),
-            format!("bettong output; partitions={partitions}"),
+            name,
+            format!("{}.{dir}.*", streams.prefix),
+            format!("bettong {kind}; {setting}={n}"),
         ),
-        "pass the --partitions it was made with, or delete the stream to start over",
+        &format!(
+            "pass the --{} it was made with, or delete the stream to start over",
+            setting.replace('_', "-")
+        ),
     )
     .await
 }

@@ -14,7 +14,7 @@ use super::driver::{publish, Snapshot, Work};
 use super::lease::{now_ms, Checkpoint, Held};
 use super::member::Ctx;
 use super::metrics::Metrics;
-use super::partition::key_partition;
+use super::partition::Modulo;
 use super::repartition::SectionWriter;
 
 /// The header naming the input partition a repartition message comes from.
@@ -49,7 +49,7 @@ impl Splitter {
 
     /// Splits one message's frames into the writers; returns (frames, rejected).
     fn split(&mut self, seq: u64, payload: &[u8]) -> (u64, u64) {
-        let parts = self.ctx.job.settings.partitions;
+        let parts = Modulo::new(self.ctx.job.settings.partitions);
         let (mut n, mut rejected, mut words) = (0, 0, 0);
         for frame in FrameDecoder::new(self.ctx.max_frame).frames(payload) {
             n += 1;
@@ -79,7 +79,7 @@ impl Splitter {
             };
             crate::split::for_each_word(text, |w| {
                 words += 1;
-                let q = key_partition(&w, parts) as usize;
+                let q = parts.partition(w.as_bytes()) as usize;
                 if self.writers[q].is_empty() {
                     self.first_seq[q] = seq;
                 }

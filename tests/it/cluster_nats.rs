@@ -1,13 +1,14 @@
 //! The cluster on NATS JetStream (`spec/cluster.md`) against a real `nats-server` and the real
 //! binary: exact counts and gap-free output through joins, SIGTERM leaves, kill -9, a member
-//! paused past its lease (fencing), a nats-server restart, and bad input messages.
+//! paused past its lease (fencing), a nats-server restart, and bad input messages; and NATS as
+//! a plain source and sink of the engine, in one process without `--job`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::nats::{
-    member, run_bettong, send_file, settled, validate, wait_status, NatsServer,
+    member, run_bettong, send_file, serve, settled, spawn_ready, validate, wait_status, NatsServer,
 };
 use crate::support::{frame_all, random_message, reference_counts, Rng, WAIT};
 
@@ -83,6 +84,39 @@ impl Corpus {
     }
 }
 
+/// Bad input, framed, and its valid frames: one message with a good frame, a frame that is not
+/// UTF-8, another good frame, then a truncated frame (sent as a message of its own by `send`);
+/// then a frame above a --max-frame of 4096 (sent alone: larger than --batch-bytes), and a good
+/// frame after it (in the next message). Three frames are rejected.
+fn bad_input() -> (Vec<u8>, Vec<&'static [u8]>) {
+    let good: [&'static [u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
+    let big = vec![b'x'; 5000];
+    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
+    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
+    (bad, good.to_vec())
+}
+
+/// Stops `server` (which read [`bad_input`]) with SIGTERM; checks it exits 0 having rejected
+/// the three bad frames and logged the large one; returns its stopped line.
+#[track_caller]
+fn stop_after_bad_input(server: &mut crate::support::Server) -> serde_json::Value {
+    server.signal("TERM");
+    assert!(
+        server.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        server.stderr()
+    );
+    let stopped = server.event("stopped").expect("a stopped line");
+    // The frame that is not UTF-8, the one above --max-frame, the truncated tail.
+    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
+    assert!(
+        server.stderr().contains("announces 5000 bytes"),
+        "{}",
+        server.stderr()
+    );
+    stopped
+}
+
 fn seed() -> u64 {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,15 +168,7 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
         "a member with other settings must refuse to run: {err}"
     );
 
-    // One message: a good frame, a frame that is not UTF-8, another good frame, then a
-    // truncated frame (sent as a message of its own by `send`).
-    // Then a frame above the member's --max-frame (sent alone: larger than --batch-bytes), and
-    // a good frame after it (in the next message).
-    let good: [&[u8]; 3] = [b"Bad input, good words", b"more GOOD words", b"after big"];
-    let big = vec![b'x'; 5000];
-    let mut bad = frame_all(&[good[0], &[0xff, 0xfe, 0x20][..], good[1], &big, good[2]]);
-    bad.extend_from_slice(&[0, 0, 0, 40, b'x', b'y']);
-    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some((bad, good.to_vec())));
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some(bad_input()));
     let file = corpus.parts[0].to_str().expect("utf-8 path");
     let send = [
         "send",
@@ -173,19 +199,7 @@ fn cluster_one_member_counts_exactly_rejects_bad_input_and_checks_settings() {
     );
     let report = assert_valid(&url, &corpus, true);
     assert_eq!(report["repeats"], 0, "{report}");
-    m.signal("TERM");
-    assert!(
-        m.wait_exit(WAIT).success(),
-        "SIGTERM must exit 0: {}",
-        m.stderr()
-    );
-    let stopped = m.event("stopped").expect("a stopped line");
-    assert_eq!(stopped["metrics"]["frames_rejected"], 3, "{stopped}");
-    assert!(
-        m.stderr().contains("announces 5000 bytes"),
-        "{}",
-        m.stderr()
-    );
+    let stopped = stop_after_bad_input(&mut m);
     assert_eq!(stopped["metrics"]["fenced"], 0, "{stopped}");
     assert!(
         m.stderr().contains("is not UTF-8"),
@@ -395,4 +409,223 @@ fn cluster_survives_a_nats_server_restart() {
         b.stderr()
     );
     assert_valid(&url, &corpus, false);
+}
+
+/// Without `--job`, `serve --in nats://… --out nats://…` runs the engine's word count on its
+/// cores with NATS as source and sink: exact counts, no gap, no repeat, bad messages rejected
+/// and counted, many lines per output message; and a framed file into the NATS sink.
+#[test]
+fn engine_reads_and_writes_nats_without_a_job() {
+    let nats = NatsServer::start();
+    let url = nats.url("eng");
+    let corpus = Corpus::new(&nats.dir, seed(), 2, 1500, Some(bad_input()));
+    for part in &corpus.parts {
+        send_file(&url, part, I);
+    }
+    let mut s = serve(
+        &url,
+        &url,
+        &["--cores", "2", "--partitions", P, "--max-frame", "4096"],
+    );
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(report["repeats"], 0, "{report}");
+    let (lines, messages) = (
+        report["lines"].as_u64().expect("lines"),
+        report["messages"].as_u64().expect("messages"),
+    );
+    assert!(
+        lines >= 10 * messages,
+        "output lines must be batched into messages: {report}"
+    );
+    stop_after_bad_input(&mut s);
+
+    // Another source with the NATS sink: a framed file, read once (the server then exits 0).
+    let dir = nats.dir.join("file");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let from_file = Corpus::new(&dir, seed(), 1, 800, None);
+    let url2 = nats.url("fromfile");
+    let input = format!("file:{}", from_file.parts[0].display());
+    let mut s = serve(&input, &url2, &["--cores", "2", "--partitions", P]);
+    assert!(
+        s.wait_exit(WAIT).success(),
+        "a file source must end the run with exit 0: {}",
+        s.stderr()
+    );
+    let report = assert_valid(&url2, &from_file, true);
+    assert_eq!(report["repeats"], 0, "{report}");
+}
+
+/// Market Spread with both sources on NATS input streams and its results published on a NATS
+/// output stream: every quote applied first (the metrics say so; one input partition, so in
+/// order), then every order (four partitions); the results are exactly the reference's, each on
+/// its symbol's key partition subject.
+#[test]
+fn market_spread_reads_and_writes_nats() {
+    use bettong::market_spread::gen::{generate, GenOptions};
+    use bettong::market_spread::reference::expected_results;
+    use bettong::market_spread::OrderResult;
+    use bettong::nats::partition::fnv1a32;
+
+    let nats = NatsServer::start();
+    let opts = GenOptions {
+        symbols: 40,
+        orders: 3000,
+        quotes: 600,
+        seed: seed(),
+    };
+    let (orders, nbbo) = generate(&opts).expect("generate a market");
+    let (orders_file, nbbo_file) = (nats.dir.join("orders.bin"), nats.dir.join("nbbo.bin"));
+    std::fs::write(&orders_file, &orders).expect("write orders");
+    std::fs::write(&nbbo_file, &nbbo).expect("write quotes");
+    let payloads = |b: &[u8]| -> Vec<Vec<u8>> {
+        bettong_engine::codec::frames(b)
+            .map(|f| f.expect("whole frames").payload.to_vec())
+            .collect()
+    };
+    let (order_payloads, quote_payloads) = (payloads(&orders), payloads(&nbbo));
+    let quote_refs: Vec<&[u8]> = quote_payloads.iter().map(|p| &p[..]).collect();
+    let order_refs: Vec<&[u8]> = order_payloads.iter().map(|p| &p[..]).collect();
+    let mut want = expected_results(&quote_refs, &order_refs);
+    assert!(!want.is_empty(), "the market must reject some orders");
+
+    // One input partition for the quotes: a partition's order is kept (last quote wins), as
+    // one connection's is over TCP.
+    send_file(&nats.url("quotes"), &nbbo_file, 1);
+    let input = format!("Orders@{},Nbbo@{}", nats.url("orders"), nats.url("quotes"));
+    let out = nats.url("results");
+    let mut ms = spawn_ready(&[
+        "market-spread",
+        "--in",
+        &input,
+        "--out",
+        &out,
+        "--cores",
+        "2",
+        "--partitions",
+        "8",
+        "--in-partitions",
+        "4",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let ready = ms.event("ready").expect("a ready line");
+    let metrics: std::net::SocketAddr = ready["metrics"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the ready line names no metrics address: {ready}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = crate::support::monitor::metrics_json(metrics, "/metrics.json");
+        if v["total"]["now"]["frames_in"].as_u64() == Some(quote_payloads.len() as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quotes were not all read within {WAIT:?}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send_file(&nats.url("orders"), &orders_file, I);
+
+    // Read the results back from the output stream until as many as expected have come.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let got: Vec<(String, OrderResult)> = rt.block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
+            .await
+            .expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + WAIT;
+        let stream = loop {
+            match js.get_stream("results_out").await {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "no results_out stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("a consumer of results_out");
+        let mut messages = consumer.messages().await.expect("read results_out");
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let m = tokio::time::timeout(WAIT, messages.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {} results within {WAIT:?}",
+                        got.len(),
+                        want.len()
+                    )
+                })
+                .expect("the consumer goes on")
+                .expect("a message");
+            for f in bettong_engine::codec::frames(&m.payload) {
+                let r = OrderResult::parse(f.expect("whole frames").payload).expect("a result");
+                got.push((m.subject.to_string(), r));
+            }
+        }
+        got
+    });
+    ms.signal("TERM");
+    assert!(
+        ms.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        ms.stderr()
+    );
+    for (subject, r) in &got {
+        let q = fnv1a32(&r.symbol) % 8;
+        assert_eq!(
+            subject,
+            &format!("results.out.{q}"),
+            "the result of order {:?} is on its symbol's subject",
+            r.order_id
+        );
+    }
+    let mut have: Vec<([u8; 4], [u8; 6])> =
+        got.iter().map(|(_, r)| (r.symbol, r.order_id)).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(have, want, "the results must be exactly the reference's");
+}
+
+/// The engine on NATS without `--job` through a nats-server restart: the ordered consumer goes
+/// on from the last message it delivered, unacknowledged output is published again, before
+/// anything later on its subject; the final counts are exact and no value skips ahead (a
+/// value may repeat: at-least-once output).
+#[test]
+fn engine_on_nats_survives_a_server_restart() {
+    let mut nats = NatsServer::start();
+    let url = nats.url("engr");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    send_file(&url, &corpus.parts[0], I);
+    let mut s = serve(&url, &url, &["--cores", "2", "--partitions", P]);
+    send_file(&url, &corpus.parts[1], I);
+    nats.restart(Duration::from_millis(500));
+    send_file(&url, &corpus.parts[2], I);
+    // The server catches up at its own pace after the restart: check until the counts match.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (ok, report, err) = validate(&url, &corpus.counts, false);
+        if ok {
+            assert_eq!(report["gaps"], 0, "{report}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && report["gaps"] == 0,
+            "the output after the restart is wrong: {report}\n{err}\nthe server's log:\n{}",
+            s.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        s.stderr()
+    );
 }

@@ -9,6 +9,7 @@ mod bench_placement;
 mod cluster_nats;
 mod engine_api;
 mod engine_balance;
+mod engine_channels;
 mod engine_general;
 mod engine_stages;
 mod hardening_checkpoints;

@@ -13,6 +13,8 @@ use futures_lite::future::or;
 use glommio::channels::channel_mesh::FullMesh;
 
 use super::recover::CoreCkSetup;
+use crate::channel_sink::run_channel_sink;
+use crate::channel_source::run_channel_source;
 use crate::checkpoint::{run_initiator, Participant};
 use crate::file_source::{run_file_source, FilePlan};
 use crate::memory::run_memory_source;
@@ -68,6 +70,13 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
         }
         SinkConfig::Discard => {
             glommio::spawn_local(run_memory_sink(rx, s.metrics.clone(), index, false))
+        }
+        SinkConfig::Channel(cfg) => {
+            let (m, sd) = (s.metrics.clone(), shutdown.clone());
+            glommio::spawn_local(async move {
+                run_channel_sink(cfg, rx, m, index, sd).await;
+                Vec::new()
+            })
         }
         SinkConfig::Tcp(cfg) => {
             let (m, sd) = (s.metrics.clone(), shutdown.clone());
@@ -129,6 +138,10 @@ pub(crate) async fn run_core<A: App>(s: CoreSetup<A>) -> CoreOutcome {
             SourceConfig::Memory(src) => {
                 let cores = s.cores;
                 glommio::spawn_local(async move { run_memory_source(w, source, src, cores).await })
+            }
+            SourceConfig::Channel(src) => {
+                let cores = s.cores;
+                glommio::spawn_local(async move { run_channel_source(w, source, src, cores).await })
             }
             SourceConfig::File(cfg) => {
                 let (path, ranges) = match &s.file {

@@ -161,6 +161,7 @@ pub(crate) fn start_coordinator<A: App>(
                     SourceConfig::Tcp(_) => "tcp",
                     SourceConfig::Memory(_) => "memory",
                     SourceConfig::File(_) => "file",
+                    SourceConfig::Channel(_) => "channel",
                 })
                 .collect();
             SourceKind::Unreplayable(kinds.join("+"))

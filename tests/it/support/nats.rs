@@ -1,6 +1,6 @@
 //! A real `nats-server -js` for the cluster tests, on a free port with its own store directory
 //! (never one already running), and the `bettong` commands that talk to it: members
-//! ([`member`]), `send --nats`, `receive --nats --validate`, `cluster status --json`.
+//! ([`member`]) and single processes ([`serve`]), `send --nats`, `receive --nats --validate`, `cluster status --json`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -132,14 +132,28 @@ impl Drop for NatsServer {
 /// its ready line.
 #[track_caller]
 pub fn member(url: &str, job: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["serve", "--in", url, "--out", url, "--job", job];
+    let mut args = vec!["--job", job];
     args.extend_from_slice(extra);
-    let server = Server::spawn_niced(NICE, &args);
+    serve(url, url, &args)
+}
+
+/// Starts `bettong serve --in INPUT --out OUTPUT EXTRA…` and waits for its ready line.
+#[track_caller]
+pub fn serve(input: &str, output: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["serve", "--in", input, "--out", output];
+    args.extend_from_slice(extra);
+    spawn_ready(&args)
+}
+
+/// Starts `bettong ARGS` (a server command) and waits for its ready line.
+#[track_caller]
+pub fn spawn_ready(args: &[&str]) -> Server {
+    let server = Server::spawn_niced(NICE, args);
     let deadline = Instant::now() + WAIT;
     while server.event("ready").is_none() {
         assert!(
             Instant::now() < deadline,
-            "member {args:?} printed no ready line within {WAIT:?}; its stderr:\n{}",
+            "{args:?} printed no ready line within {WAIT:?}; its stderr:\n{}",
             server.stderr()
         );
         thread::sleep(Duration::from_millis(20));
