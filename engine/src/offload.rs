@@ -92,7 +92,8 @@ pub(crate) fn active() -> bool {
 /// The socket is non-blocking: when it would block, the exchange sleeps on the executor's timer
 /// (20 µs, doubling up to [`MAX_POLL`]) and tries again, so the core runs its other tasks while
 /// the helper works. (Waiting on the socket's readiness through a glommio stream would save
-/// the wake-ups; the polling is simple and costs a few hundred wake-ups a second per core.)
+/// the wake-ups; the polling is simple, costs at most 5 000 wake-ups a second per core, and
+/// notices an answer at most 200 µs late, against some 10 ms of Python work on a 64 KiB read.)
 pub(crate) async fn exchange(batch: Vec<u8>) -> io::Result<Vec<u8>> {
     let Some(link) = LINK.with(|l| l.borrow().clone()) else {
         return Err(io::Error::other("this core has no offload helper"));
@@ -116,7 +117,7 @@ pub(crate) async fn exchange(batch: Vec<u8>) -> io::Result<Vec<u8>> {
 }
 
 /// Longest sleep between two tries of a socket that would block.
-pub const MAX_POLL: Duration = Duration::from_micros(500);
+pub const MAX_POLL: Duration = Duration::from_micros(200);
 
 /// Runs `op` (a non-blocking read or write) until it moves some bytes or fails; 0 bytes moved
 /// means the peer closed.

@@ -40,6 +40,9 @@ for r in $(seq "$rounds"); do
   timed "bettong-python-default" bettong
   timed "bettong-python-process-1-core" bettong --mode process --cores 1
   timed "bettong-python-process-2-cores" bettong --mode process --cores 2
+  # The same with every record pickled between the processes (str and bytes too): what the
+  # tagged encoding of python/src/wire.rs saves.
+  BETTONG_PICKLE_ALL=1 timed "bettong-python-process-2-cores-pickle-all" bettong --mode process --cores 2
   timed "bettong-python-in-process-1-core" bettong --mode in-process --cores 1
   timed "bettong-python-in-process-2-cores" bettong --mode in-process --cores 2
   timed "bettong-native-2-cores" bettong --cores 2 --native

@@ -106,7 +106,7 @@ pub fn serve(py: Python<'_>, listener_fd: i32, app: Arc<PyApp>, out: &mut Out) -
             let Some((key, value)) = split_keyed(frame) else {
                 continue;
             };
-            let value = match get_value(py, value) {
+            let value = match get_value(py, key, value) {
                 Ok(v) => v,
                 Err(e) => {
                     app.errors.reject(py, e, "a record from the engine");

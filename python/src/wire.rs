@@ -1,6 +1,7 @@
 //! How records travel between the engine and the worker processes of process mode, as bytes.
 //!
-//! A value is a tag byte and its payload: `s` a `str` (its UTF-8), `b` a `bytes`, `p` any other
+//! A value is a tag byte and its payload: `s` a `str` (its UTF-8), `k` a `str` equal to the
+//! record's key (no payload: `key_by()` keys a word by itself), `b` a `bytes`, `p` any other
 //! object (pickled). Text and bytes, the common case, skip pickle both ways: pickling every word
 //! cost more than the word count's own Python work (README, "Python on more than one core").
 //! A keyed record is a frame (4-byte big-endian length) holding a 4-byte big-endian key length,
@@ -30,12 +31,22 @@ fn pickle<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         .getattr(name)
 }
 
-/// Appends `obj` as a tagged value to `out`.
-pub fn put_value(py: Python<'_>, obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+/// Appends `obj` as a tagged value to `out`; `key` is its record's key.
+fn put_value(
+    py: Python<'_>,
+    key: &[u8],
+    obj: &Bound<'_, PyAny>,
+    out: &mut Vec<u8>,
+) -> PyResult<()> {
     if !pickle_all() {
         if let Ok(s) = obj.cast::<PyString>() {
-            out.push(b's');
-            out.extend_from_slice(s.to_str()?.as_bytes());
+            let text = s.to_str()?.as_bytes();
+            if text == key {
+                out.push(b'k');
+            } else {
+                out.push(b's');
+                out.extend_from_slice(text);
+            }
             return Ok(());
         }
         if let Ok(b) = obj.cast::<PyBytes>() {
@@ -50,22 +61,25 @@ pub fn put_value(py: Python<'_>, obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> P
     Ok(())
 }
 
-/// The object a tagged value holds.
-pub fn get_value<'py>(py: Python<'py>, value: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+/// The object a tagged value holds; `key` is its record's key.
+pub fn get_value<'py>(py: Python<'py>, key: &[u8], value: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     match value.split_first() {
-        Some((b's', text)) => {
-            let text = std::str::from_utf8(text).map_err(|e| {
-                pyo3::exceptions::PyValueError::new_err(format!("a str value is not UTF-8: {e}"))
-            })?;
-            Ok(PyString::new(py, text).into_any())
-        }
+        Some((b's', text)) => str_of(py, text),
+        Some((b'k', [])) => str_of(py, key),
         Some((b'b', bytes)) => Ok(PyBytes::new(py, bytes).into_any()),
         Some((b'p', pickled)) => pickle(py, "loads")?.call1((PyBytes::new(py, pickled),)),
         _ => Err(pyo3::exceptions::PyValueError::new_err(
-            "a value from the engine has no known tag (s, b or p): the worker and the engine \
+            "a value from the engine has no known tag (s, k, b or p): the worker and the engine \
              are out of step",
         )),
     }
+}
+
+fn str_of<'py>(py: Python<'py>, text: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let text = std::str::from_utf8(text).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!("a str value is not UTF-8: {e}"))
+    })?;
+    Ok(PyString::new(py, text).into_any())
 }
 
 /// Appends a keyed record (key, then `obj` tagged) as one frame.
@@ -79,7 +93,7 @@ pub fn put_keyed(
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
-    if let Err(e) = put_value(py, obj, out) {
+    if let Err(e) = put_value(py, key, obj, out) {
         out.truncate(start);
         return Err(e);
     }
