@@ -44,6 +44,11 @@ impl Offload {
         })
     }
 
+    /// How many cores it has a socket for.
+    pub fn cores(&self) -> usize {
+        self.fds.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn take(&self, core: usize) -> Option<OwnedFd> {
         let mut fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
         fds.get_mut(core).and_then(Option::take)

@@ -180,8 +180,9 @@ def start(app: Application, cores: Optional[int] = None, **options: Unpack[Optio
     n = cores or len(os.sched_getaffinity(0))
     plan = app.plan()
     workers = Workers.fork(plan, n, on_error)
+    fds, workers.front_fds = workers.front_fds, []  # the engine owns them from the call on
     try:
-        inner = _native.start(plan, n, *args, (workers.front_fds, workers.state_addr))
+        inner = _native.start(plan, n, *args, (fds, workers.state_addr))
     except BaseException:
         workers.kill()
         raise

@@ -271,6 +271,16 @@ pub fn start(
     metrics_addr: Option<String>,
     workers: Option<(Vec<i32>, String)>,
 ) -> PyResult<Running> {
+    // First of all, so that every return below closes them (the caller has let them go).
+    // SAFETY: the parent made these sockets for the engine and hands each over once, here;
+    // from now on they are owned (and closed) by this function or the engine.
+    let workers = workers.map(|(fds, addr)| {
+        let fds: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        (fds, addr)
+    });
     let plan: Plan = plan.extract()?;
     let stop_on_error = stop_on_error(on_error)?;
     let sources = plan
@@ -280,7 +290,8 @@ pub fn start(
         .collect::<PyResult<Vec<_>>>()?;
     let mut sink = sink_config(&plan)?;
     let mut engine = Engine::new();
-    if let Some((fds, relay_sink)) = &workers {
+    let offload = workers.map(|(fds, relay_sink)| (Offload::new(fds), relay_sink));
+    if let Some((offload, relay_sink)) = &offload {
         if resilience_dir.is_some() {
             return Err(err(
                 "resilience_dir is not supported in process mode yet (the states live in the \
@@ -296,11 +307,7 @@ pub fn start(
         sink = SinkConfig::Tcp(TcpSinkConfig::new(
             bettong::serve::resolve(relay_sink, "the state workers' address").map_err(err)?,
         ));
-        // SAFETY: the parent made these sockets for the engine and hands each over once; the
-        // engine owns and closes them from here on.
-        let fds = fds.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) });
-        let fds: Vec<OwnedFd> = fds.collect();
-        engine = engine.cores(fds.len()).offload(Offload::new(fds));
+        engine = engine.cores(offload.cores()).offload(offload.clone());
     }
     if let Some(n) = cores {
         if n == 0 {
@@ -320,7 +327,7 @@ pub fn start(
         None => None,
     };
     let errors = Arc::new(UserErrors::new(stop_on_error));
-    let started = if workers.is_some() {
+    let started = if offload.is_some() {
         let app = relay(plan.sources.len());
         py.detach(|| engine.start(app, sources, sink))
     } else if plan.native {
