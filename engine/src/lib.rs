@@ -21,6 +21,8 @@
 //!   Every source reads through one step (`read_step.rs`: wait for sink room, ingest, log
 //!   rejects, flush); the TCP source (`tcp/`) is one module over two byte backends (glommio
 //!   `recv`, io_uring provided buffers).
+//! - [`offload`]: a core hands each read, as one batch, to a helper process of its own (the
+//!   Python API's process mode) and ingests the helper's answer.
 //! - [`checkpoint`]: consistent checkpoints of every state step, and recovery from them; the
 //!   data path calls the hooks of its `checkpoint/participant.rs`.
 //! - [`metrics`]: per-core counters; [`stage_latency`]: per-core histograms of each stage of the
@@ -64,6 +66,7 @@ mod memory;
 pub mod metrics;
 pub mod monitor;
 mod notify;
+pub mod offload;
 pub mod pipeline;
 pub mod placement;
 mod read_step;
@@ -83,6 +86,7 @@ pub use dataflow::DecodeError;
 pub use error::Error;
 pub use file_source::FileSourceConfig;
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use offload::Offload;
 pub use pipeline::{App, Pipeline};
 pub use runtime::{online_cpus, Engine, IntoSources, Report, Running};
 pub use shutdown::StopHandle;

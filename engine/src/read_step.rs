@@ -13,7 +13,7 @@
 use std::fmt;
 
 use crate::pipeline::App;
-use crate::worker::Worker;
+use crate::worker::{Ingested, Worker};
 
 /// Waits until the sink has room, then [`ingest_and_flush`]. None when the stop came first
 /// (nothing was ingested): the source should finish.
@@ -37,7 +37,11 @@ pub(crate) async fn ingest_and_flush<A: App, R>(
     from: &dyn fmt::Display,
     produce: impl FnOnce(&mut dyn FnMut(&[u8])) -> R,
 ) -> R {
-    let (r, seen) = worker.ingest(source, produce);
+    let (r, seen) = if crate::offload::active() {
+        offloaded(worker, source, from, produce).await
+    } else {
+        worker.ingest(source, produce)
+    };
     if seen.rejected > 0 && worker.may_log_reject() {
         let core = worker.index;
         tracing::warn!(
@@ -52,4 +56,45 @@ pub(crate) async fn ingest_and_flush<A: App, R>(
     }
     worker.flush().await;
     r
+}
+
+/// With an [offload](crate::offload) helper: the frames `produce` hands over go to the helper
+/// as one batch, and the pipeline ingests the helper's answer instead. A helper that is gone
+/// loses the batch (logged at most once a second per core; whoever runs the helper sees it
+/// die and stops the engine).
+async fn offloaded<A: App, R>(
+    worker: &Worker<A>,
+    source: usize,
+    from: &dyn fmt::Display,
+    produce: impl FnOnce(&mut dyn FnMut(&[u8])) -> R,
+) -> (R, Ingested) {
+    // The source's index first, so the helper knows whose steps to run.
+    let mut batch = (source as u32).to_be_bytes().to_vec();
+    let r = produce(&mut |frame: &[u8]| {
+        batch.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        batch.extend_from_slice(frame);
+    });
+    if batch.len() == 4 {
+        return (r, Ingested::default());
+    }
+    match crate::offload::exchange(batch).await {
+        Ok(answer) => {
+            let ((), seen) = worker.ingest(source, |on_frame| {
+                crate::offload::frames(&answer).for_each(on_frame)
+            });
+            (r, seen)
+        }
+        Err(e) => {
+            if worker.may_log_reject() {
+                let core = worker.index;
+                tracing::error!(
+                    core,
+                    %from,
+                    "core {core}: the offload helper failed ({e}); the batch read from {from} \
+                     is lost"
+                );
+            }
+            (r, Ingested::default())
+        }
+    }
 }

@@ -3,6 +3,7 @@ Python on Bettong: Split, CountWord, WordTotals and an encoder. It holds the con
 ``../shared/spec/word-count.md``.
 
     python3 examples/python/word_count.py --in [NAME@]HOST:PORT|file:PATH --out HOST:PORT [--cores N]
+        [--mode process|in-process]
 
 With ``--in file:PATH`` (a framed file) it reads the file once, flushes all output and exits 0;
 over TCP it runs until SIGINT or SIGTERM, then stops gracefully and exits 0. Like ``bettong
@@ -88,7 +89,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--in", dest="input", required=True,
                    help="[NAME@]HOST:PORT to listen on, or file:PATH of a framed file")
     p.add_argument("--out", required=True, help="HOST:PORT of the receiver")
-    p.add_argument("--cores", type=int, default=None, help="cores (default: 1 for Python steps under the GIL, every online core with --native)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores (default: every online core; 1 with --mode in-process under the GIL)")
+    p.add_argument("--mode", choices=["process", "in-process"], default=None,
+                   help="where the Python steps run: worker processes, one front and one state "
+                        "worker per core (the default, except with --resilience-dir), or the "
+                        "engine's own cores under the GIL")
     p.add_argument("--max-frame", type=int, default=None, help="largest payload (default 1 MiB)")
     p.add_argument("--resilience-dir", default=None,
                    help="checkpoint the counts here, and restore from it at start")
@@ -102,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         bt.run(app, cores=args.cores, resilience_dir=args.resilience_dir,
                checkpoint_interval=args.checkpoint_interval, metrics_addr=args.metrics_addr,
-               announce=True)
+               mode=args.mode, announce=True)
     except (RuntimeError, ValueError) as e:
         print(f"word_count: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,9 @@
 # The Python word-count benchmark (README, "Python"): every contender on the same framed corpus,
 # interleaved round by round so that load from elsewhere on the machine falls on all alike.
 # Each figure is the corpus's words over the command's wall time (interpreter start included).
+# Bettong's Python rows: process mode (worker processes) and in-process mode (the engine's cores,
+# under the GIL), on 1 and 2 cores; the default row is what runs without --mode and --cores.
+# The receiver listens on a random port in BENCH_PORT_BASE..+999 (default 24000).
 #
 #   python/bench/run_all.sh CORPUS ROUNDS BETTONG_PYTHON [BYTEWAX_PYTHON]
 #
@@ -24,7 +27,7 @@ timed() {  # NAME CMD... : prints "NAME M-words/s"
 }
 
 bettong() {  # [ARGS...]: the example with a file source into a counting receiver
-  local port=$((20000 + RANDOM % 20000))
+  local port=$((${BENCH_PORT_BASE:-24000} + RANDOM % 1000))
   python3 "$here/sink.py" "$port" "$words" &
   local sink=$!
   sleep 0.3
@@ -34,9 +37,14 @@ bettong() {  # [ARGS...]: the example with a file source into a counting receive
 
 for r in $(seq "$rounds"); do
   echo "# round $r"
-  timed "bettong-python-default-cores" bettong
-  timed "bettong-python-1-core" bettong --cores 1
-  timed "bettong-python-2-cores" bettong --cores 2
+  timed "bettong-python-default" bettong
+  timed "bettong-python-process-1-core" bettong --mode process --cores 1
+  timed "bettong-python-process-2-cores" bettong --mode process --cores 2
+  # The same with every record pickled between the processes (str and bytes too): what the
+  # tagged encoding of python/src/wire.rs saves.
+  BETTONG_PICKLE_ALL=1 timed "bettong-python-process-2-cores-pickle-all" bettong --mode process --cores 2
+  timed "bettong-python-in-process-1-core" bettong --mode in-process --cores 1
+  timed "bettong-python-in-process-2-cores" bettong --mode in-process --cores 2
   timed "bettong-native-2-cores" bettong --cores 2 --native
   timed "plain-python-loop" "$bt" "$here/plain_loop.py" "$corpus"
   [ -n "$bw" ] || continue  # no Bytewax python given: the Bettong and plain-loop rows only

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, TypedDict, Union, Unpack
 
 from . import _native
 from .api import Application
 from .connectors import FileSource
+from .processes import Workers
 
 OnError = Literal["reject", "stop"]
 """What an exception in user code does: reject its record and go on, or stop the run."""
@@ -40,9 +41,10 @@ class Report:
 class Running:
     """A started application."""
 
-    def __init__(self, inner: Any, app: Application) -> None:
+    def __init__(self, inner: Any, app: Application, workers: Optional[Workers] = None) -> None:
         self._inner = inner
         self._app = app
+        self._workers = workers
 
     @property
     def local_addr(self) -> Optional[str]:
@@ -68,9 +70,24 @@ class Running:
     def join(self) -> Report:
         """Waits until the application has finished and returns its report. Raises the first
         exception of user code under ``on_error="stop"``."""
-        line, outputs, rejected = self._inner.join()
+        if self._workers is None:
+            line, outputs, rejected = self._inner.join()
+            parsed = json.loads(line)
+            return Report(parsed["metrics"], parsed["per_core"], list(outputs), rejected, line)
+        try:
+            line, _, _ = self._inner.join()
+        finally:
+            # The engine has closed every worker's connection: each finishes and reports.
+            rejected, (frames_in, frames_rejected), outputs, error = self._workers.join()
+        if error is not None:
+            raise error
         parsed = json.loads(line)
-        return Report(parsed["metrics"], parsed["per_core"], list(outputs), rejected, line)
+        # The front workers decode the source's frames: their counts are the run's (the
+        # engine's own per-core counts are of the keyed records the workers sent back).
+        parsed["metrics"]["frames_in"] = frames_in
+        parsed["metrics"]["frames_rejected"] = parsed["metrics"].get("frames_rejected", 0) + frames_rejected
+        line = json.dumps(parsed, separators=(",", ":"))
+        return Report(parsed["metrics"], parsed["per_core"], outputs, rejected, line)
 
     def ready_line(self) -> str:
         """``bettong serve``'s ready line: where the source listens and on how many cores."""
@@ -81,64 +98,112 @@ class Running:
         return json.dumps({"event": "ready", "in": addr, "cores": self.cores}, separators=(",", ":"))
 
 
-def default_cores(app: Application) -> Optional[int]:
-    """The core count used when ``cores`` is not given: every online core (``None``) for the
-    built-in native word count and on a free-threaded CPython, but 1 when user Python code runs
-    under the GIL. There the cores' Python serialises on one lock and every handover costs more
-    than the Rust work it lets overlap: the talk's word count ran 0.512 / 0.394 M words/s on
-    1 core against 0.293 / 0.200 on 2 (README, "Python benchmark")."""
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    return 1 if gil and not app.plan()["native"] else None
+Mode = Literal["process", "in-process"]
+"""Where Python steps run: ``"process"``, in one front and one state worker process per engine
+core (no lock shared between cores; see :mod:`bettong.processes`), or ``"in-process"``, on
+the engine's cores in this interpreter (under the GIL, one batch at a time)."""
 
 
-def start(
-    app: Application,
-    cores: Optional[int] = None,
-    *,
-    on_error: OnError = "reject",
-    resilience_dir: Union[str, "os.PathLike[str]", None] = None,
-    checkpoint_interval: float = 1.0,
-    metrics_addr: Optional[str] = None,
-) -> Running:
-    """Starts ``app`` on ``cores`` cores and returns once its sources listen. The default is
-    :func:`default_cores`: 1 for Python steps under the GIL, else every online core.
+class Options(TypedDict, total=False):
+    """The options :func:`start` and :func:`run` share.
 
-    - ``on_error="reject"``: an exception in user code rejects that record (traceback logged,
-      rate-limited; counted in :attr:`Report.rejected`) and the pipeline goes on; ``"stop"``
-      stops gracefully and :meth:`Running.join` raises it.
+    - ``on_error``: ``"reject"`` (default): an exception in user code rejects that record
+      (traceback logged, rate-limited; counted in :attr:`Report.rejected`) and the pipeline goes
+      on; ``"stop"`` stops gracefully and :meth:`Running.join` raises it.
     - ``resilience_dir``: checkpoint every state (pickled, or by ``to_state``'s codec) every
-      ``checkpoint_interval`` seconds, and restore from the newest checkpoint at start (a file
-      source resumes where the checkpoint was cut: exact counts after a kill -9).
+      ``checkpoint_interval`` seconds (default 1), and restore from the newest checkpoint at
+      start (a file source resumes where the checkpoint was cut: exact counts after a kill -9).
+      In-process mode only.
     - ``metrics_addr``: ``HOST:PORT`` to serve Prometheus ``/metrics``, ``/metrics.json`` and
       the live monitoring page on, as ``bettong serve --metrics-addr`` does.
+    - ``mode``: see :data:`Mode` and :func:`default_mode`.
     """
+
+    on_error: OnError
+    resilience_dir: Union[str, "os.PathLike[str]", None]
+    checkpoint_interval: float
+    metrics_addr: Optional[str]
+    mode: Optional[Mode]
+
+
+def _check_options(options: dict[str, Any], where: str) -> None:
+    unknown = set(options) - set(Options.__annotations__)
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {sorted(unknown)}; "
+                        f"it takes {sorted(Options.__annotations__)}")
+
+
+def default_mode(app: Application, resilience_dir: Any = None) -> Mode:
+    """The mode used when ``mode`` is not given: ``"process"`` for Python steps under the GIL
+    (the fastest on the machine measured, README "Python benchmark"), ``"in-process"`` on a
+    free-threaded CPython, for the built-in native word count, and with ``resilience_dir``
+    (process mode does not checkpoint yet)."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    if not gil or app.plan()["native"] or resilience_dir is not None:
+        return "in-process"
+    return "process"
+
+
+def default_cores(app: Application, mode: Optional[Mode] = None) -> Optional[int]:
+    """The core count used when ``cores`` is not given: every online core (``None``), except
+    for Python steps run in-process under the GIL, where it is 1: there the cores' Python
+    serialises on one lock and every handover costs more than the Rust work it lets overlap
+    (README, "Python benchmark")."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    mode = mode or default_mode(app)
+    return 1 if gil and mode == "in-process" and not app.plan()["native"] else None
+
+
+def start(app: Application, cores: Optional[int] = None, **options: Unpack[Options]) -> Running:
+    """Starts ``app`` on ``cores`` cores and returns once its sources listen. The default is
+    :func:`default_cores`. The options are :class:`Options`'."""
     if not isinstance(app, Application):
         raise TypeError(f"start needs an Application (built with to_sink), not {type(app).__name__}")
+    _check_options(dict(options), "start")
+    on_error = options.get("on_error", "reject")
+    resilience_dir = options.get("resilience_dir")
+    mode = options.get("mode") or default_mode(app, resilience_dir)
+    if mode not in ("process", "in-process"):
+        raise ValueError(f'mode must be "process" or "in-process", not {mode!r}')
     if cores is None:
-        cores = default_cores(app)
-    inner = _native.start(app.plan(), cores, on_error,
-                          os.fspath(resilience_dir) if resilience_dir is not None else None,
-                          checkpoint_interval, metrics_addr)
-    return Running(inner, app)
+        cores = default_cores(app, mode)
+    args = (on_error, os.fspath(resilience_dir) if resilience_dir is not None else None,
+            options.get("checkpoint_interval", 1.0), options.get("metrics_addr"))
+    if mode == "in-process" or app.plan()["native"]:
+        return Running(_native.start(app.plan(), cores, *args), app)
+    if resilience_dir is not None:
+        raise ValueError('resilience_dir is not supported in process mode yet (the states live '
+                         'in the worker processes, which do not take part in checkpoints): use '
+                         'mode="in-process" to checkpoint')
+    if on_error not in ("reject", "stop"):
+        raise ValueError(f'on_error must be "reject" or "stop", not {on_error!r}')
+    n = cores or len(os.sched_getaffinity(0))
+    plan = app.plan()
+    workers = Workers.fork(plan, n, on_error)
+    fds, workers.front_fds = workers.front_fds, []  # the engine owns them from the call on
+    try:
+        inner = _native.start(plan, n, *args, (fds, workers.state_addr))
+    except BaseException:
+        workers.kill()
+        raise
+    workers.watch(inner.stop)
+    return Running(inner, app, workers)
 
 
 def run(
     app: Application,
     cores: Optional[int] = None,
     *,
-    on_error: OnError = "reject",
-    resilience_dir: Union[str, "os.PathLike[str]", None] = None,
-    checkpoint_interval: float = 1.0,
-    metrics_addr: Optional[str] = None,
     handle_signals: bool = True,
     announce: bool = False,
+    **options: Unpack[Options],
 ) -> Report:
     """Runs ``app`` until its sources are done (file and memory sources) or until SIGINT or
     SIGTERM, which stop it gracefully (a second signal exits at once, status 130). With
     ``announce``, prints ``bettong serve``'s ready and stopped JSON lines on stdout. The other
     arguments are :func:`start`'s."""
-    running = start(app, cores, on_error=on_error, resilience_dir=resilience_dir,
-                    checkpoint_interval=checkpoint_interval, metrics_addr=metrics_addr)
+    _check_options(dict(options), "run")
+    running = start(app, cores, **options)
     if handle_signals:
         _native.stop_on_signals(running._inner)
     if announce:

@@ -1,11 +1,16 @@
 //! `bettong._native`: the Bettong engine as a Python extension module. The Python API
 //! (`bettong/__init__.py`) describes an application; this module runs it on the engine.
 
+mod front_worker;
 mod gil_batch;
 mod item;
 mod python_pipeline;
+mod relay;
 mod runner;
+mod state_worker;
 mod user_errors;
+mod wire;
+mod workers;
 
 use pyo3::prelude::*;
 
@@ -32,5 +37,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runner::start, m)?)?;
     m.add_function(wrap_pyfunction!(runner::stop_on_signals, m)?)?;
     m.add_function(wrap_pyfunction!(gil_acquisitions, m)?)?;
+    m.add_function(wrap_pyfunction!(workers::serve_front, m)?)?;
+    m.add_function(wrap_pyfunction!(workers::serve_state, m)?)?;
     Ok(())
 }

@@ -83,7 +83,7 @@ fn key_bytes(key: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 
 /// Runs `steps` on `item`, then keys every result and passes it to `emit`. An exception
 /// rejects the record (or the part of it that raised).
-fn run_steps<'py>(
+pub fn run_steps<'py>(
     py: Python<'py>,
     app: &PyApp,
     src: &SourceSteps,
@@ -140,73 +140,91 @@ fn run_steps<'py>(
 
 /// Decodes one frame of source `src`: UTF-8 text as `str`, or the user's decoder's value.
 fn decode(app: &PyApp, src: &SourceSteps, frame: &[u8]) -> Result<Item, DecodeError> {
+    with_python(|py| decode_in(py, app, src, frame).map(|v| Item(v.unbind())))
+}
+
+/// [`decode`] with the GIL held.
+pub fn decode_in<'py>(
+    py: Python<'py>,
+    app: &PyApp,
+    src: &SourceSteps,
+    frame: &[u8],
+) -> Result<Bound<'py, PyAny>, DecodeError> {
     match &src.decoder {
-        None => {
-            let text = std::str::from_utf8(frame)?;
-            Ok(with_python(|py| {
-                Item(PyString::new(py, text).into_any().unbind())
-            }))
-        }
-        Some((f, name)) => with_python(|py| match f.bind(py).call1((PyBytes::new(py, frame),)) {
-            Ok(v) => Ok(Item(v.unbind())),
+        None => Ok(PyString::new(py, std::str::from_utf8(frame)?).into_any()),
+        Some((f, name)) => match f.bind(py).call1((PyBytes::new(py, frame),)) {
+            Ok(v) => Ok(v),
             Err(e) => {
                 app.errors.reject(py, e, name);
                 Err(DecodeError::new(
                     "the Python decoder raised an exception (its traceback is logged)",
                 ))
             }
-        }),
+        },
     }
 }
 
 /// Applies the state step to one record on its key's owner core.
 fn update(app: &PyApp, state: &mut State, value: Item) -> Option<Item> {
+    with_python(|py| update_in(py, app, &mut state.0, value.0.bind(py)).map(|o| Item(o.unbind())))
+}
+
+/// The state step on one record, with the GIL held: makes the key's state on its first record,
+/// then `compute(value, state)`; the output, or `None` (none, or the record was rejected).
+pub fn update_in<'py>(
+    py: Python<'py>,
+    app: &PyApp,
+    state: &mut Option<Py<PyAny>>,
+    value: &Bound<'py, PyAny>,
+) -> Option<Bound<'py, PyAny>> {
     let tail = &app.tail;
-    with_python(|py| {
-        if state.0.is_none() {
-            match tail.state_class.0.bind(py).call0() {
-                Ok(s) => state.0 = Some(s.unbind()),
-                Err(e) => {
-                    app.errors.reject(py, e, &tail.state_class.1);
-                    return None;
-                }
-            }
-        }
-        let s = state.0.as_ref()?.bind(py);
-        match tail.compute.0.bind(py).call1((value.0.bind(py), s)) {
-            Ok(out) if out.is_none() => None,
-            Ok(out) => Some(Item(out.unbind())),
+    if state.is_none() {
+        match tail.state_class.0.bind(py).call0() {
+            Ok(s) => *state = Some(s.unbind()),
             Err(e) => {
-                app.errors.reject(py, e, &tail.compute.1);
-                None
+                app.errors.reject(py, e, &tail.state_class.1);
+                return None;
             }
         }
-    })
+    }
+    let s = state.as_ref()?.bind(py);
+    match tail.compute.0.bind(py).call1((value, s)) {
+        Ok(out) if out.is_none() => None,
+        Ok(out) => Some(out),
+        Err(e) => {
+            app.errors.reject(py, e, &tail.compute.1);
+            None
+        }
+    }
 }
 
 /// Appends the encoding of one output to the sink's buffer.
 fn encode(app: &PyApp, output: &Item, out: &mut Vec<u8>) {
+    with_python(|py| encode_in(py, app, output.0.bind(py), out))
+}
+
+/// The encoder on one output, with the GIL held: its bytes (or a `str`'s UTF-8) appended to
+/// `out`; an exception or another type rejects the output.
+pub fn encode_in(py: Python<'_>, app: &PyApp, output: &Bound<'_, PyAny>, out: &mut Vec<u8>) {
     let (f, name) = &app.tail.encoder;
-    with_python(|py| {
-        let encoded = f.bind(py).call1((output.0.bind(py),));
-        let appended = encoded.and_then(|e| {
-            if let Ok(b) = e.cast::<PyBytes>() {
-                out.extend_from_slice(b.as_bytes());
-                Ok(())
-            } else if let Ok(s) = e.cast::<PyString>() {
-                out.extend_from_slice(s.to_str()?.as_bytes());
-                Ok(())
-            } else {
-                Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                    "an encoder must return bytes or str, got {}",
-                    e.get_type().name()?
-                )))
-            }
-        });
-        if let Err(e) = appended {
-            app.errors.reject(py, e, name);
+    let encoded = f.bind(py).call1((output,));
+    let appended = encoded.and_then(|e| {
+        if let Ok(b) = e.cast::<PyBytes>() {
+            out.extend_from_slice(b.as_bytes());
+            Ok(())
+        } else if let Ok(s) = e.cast::<PyString>() {
+            out.extend_from_slice(s.to_str()?.as_bytes());
+            Ok(())
+        } else {
+            Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "an encoder must return bytes or str, got {}",
+                e.get_type().name()?
+            )))
         }
-    })
+    });
+    if let Err(e) = appended {
+        app.errors.reject(py, e, name);
+    }
 }
 
 /// The engine pipeline of `app`: every source merged into the state step, then the encoder.

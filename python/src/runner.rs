@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use bettong_engine::{
-    Checkpoints, Engine, FileSourceConfig, MemorySource, SinkConfig, SourceConfig, TcpSinkConfig,
-    TcpSourceConfig,
+    Checkpoints, Engine, FileSourceConfig, MemorySource, Offload, SinkConfig, SourceConfig,
+    TcpSinkConfig, TcpSourceConfig,
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,6 +23,7 @@ use bettong::observe::{ObserveOptions, Observers};
 
 use crate::item::set_state_codec;
 use crate::python_pipeline::{build, KeyFn, PyApp, SourceSteps, Step, Tail};
+use crate::relay::relay;
 use crate::user_errors::UserErrors;
 
 /// A named callable from the plan: `(callable, name)`.
@@ -47,7 +50,7 @@ struct SourcePlan {
 }
 
 #[derive(FromPyObject)]
-struct Plan {
+pub(crate) struct Plan {
     #[pyo3(item)]
     sources: Vec<SourcePlan>,
     #[pyo3(item)]
@@ -67,7 +70,7 @@ struct Plan {
     native: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> PyErr {
+pub(crate) fn err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{e:#}"))
 }
 
@@ -110,7 +113,7 @@ fn sink_config(plan: &Plan) -> PyResult<SinkConfig> {
     })
 }
 
-fn py_app(py: Python<'_>, plan: &Plan, errors: Arc<UserErrors>) -> PyResult<Arc<PyApp>> {
+pub(crate) fn py_app(py: Python<'_>, plan: &Plan, errors: Arc<UserErrors>) -> PyResult<Arc<PyApp>> {
     let sources = plan
         .sources
         .iter()
@@ -237,10 +240,27 @@ impl Running {
     }
 }
 
+/// `on_error`'s meaning: whether the first exception in user code stops the run.
+pub(crate) fn stop_on_error(on_error: &str) -> PyResult<bool> {
+    match on_error {
+        "reject" => Ok(false),
+        "stop" => Ok(true),
+        other => Err(err(format!(
+            "on_error must be \"reject\" or \"stop\", not {other:?}"
+        ))),
+    }
+}
+
 /// Starts the application described by `plan` (see `bettong.Application`) and returns at once,
 /// with its sources listening.
 #[pyfunction]
-#[pyo3(signature = (plan, cores=None, on_error="reject", resilience_dir=None, checkpoint_interval=1.0, metrics_addr=None))]
+///
+/// Process mode (`workers`: each core's front worker's socket, and the address the state
+/// workers listen on): the engine runs the [relay](crate::relay) pipeline, handing each read
+/// to its core's front worker and each routed record to its owner core's state worker; the
+/// plan's sink is the state workers'.
+#[pyo3(signature = (plan, cores=None, on_error="reject", resilience_dir=None, checkpoint_interval=1.0, metrics_addr=None, workers=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     py: Python<'_>,
     plan: &Bound<'_, PyDict>,
@@ -249,24 +269,46 @@ pub fn start(
     resilience_dir: Option<PathBuf>,
     checkpoint_interval: f64,
     metrics_addr: Option<String>,
+    workers: Option<(Vec<i32>, String)>,
 ) -> PyResult<Running> {
+    // First of all, so that every return below closes them (the caller has let them go).
+    // SAFETY: the parent made these sockets for the engine and hands each over once, here;
+    // from now on they are owned (and closed) by this function or the engine.
+    let workers = workers.map(|(fds, addr)| {
+        let fds: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        (fds, addr)
+    });
     let plan: Plan = plan.extract()?;
-    let stop_on_error = match on_error {
-        "reject" => false,
-        "stop" => true,
-        other => {
-            return Err(err(format!(
-                "on_error must be \"reject\" or \"stop\", not {other:?}"
-            )))
-        }
-    };
+    let stop_on_error = stop_on_error(on_error)?;
     let sources = plan
         .sources
         .iter()
         .map(source_config)
         .collect::<PyResult<Vec<_>>>()?;
-    let sink = sink_config(&plan)?;
+    let mut sink = sink_config(&plan)?;
     let mut engine = Engine::new();
+    let offload = workers.map(|(fds, relay_sink)| (Offload::new(fds), relay_sink));
+    if let Some((offload, relay_sink)) = &offload {
+        if resilience_dir.is_some() {
+            return Err(err(
+                "resilience_dir is not supported in process mode yet (the states live in the \
+                 worker processes, which do not take part in checkpoints): run with \
+                 mode=\"in-process\" to checkpoint",
+            ));
+        }
+        if plan.native {
+            return Err(err(
+                "the native word count runs no Python: it needs no process mode",
+            ));
+        }
+        sink = SinkConfig::Tcp(TcpSinkConfig::new(
+            bettong::serve::resolve(relay_sink, "the state workers' address").map_err(err)?,
+        ));
+        engine = engine.cores(offload.cores()).offload(offload.clone());
+    }
     if let Some(n) = cores {
         if n == 0 {
             return Err(err("cores must be at least 1"));
@@ -285,7 +327,10 @@ pub fn start(
         None => None,
     };
     let errors = Arc::new(UserErrors::new(stop_on_error));
-    let started = if plan.native {
+    let started = if offload.is_some() {
+        let app = relay(plan.sources.len());
+        py.detach(|| engine.start(app, sources, sink))
+    } else if plan.native {
         let app = bettong::app::word_count();
         py.detach(|| match checkpoints {
             Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),

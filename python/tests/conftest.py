@@ -29,6 +29,12 @@ def frame(payload: bytes | str) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+@pytest.fixture(params=["in-process", "process"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each mode Python steps run in: on the engine's cores, or in worker processes."""
+    return str(request.param)
+
+
 class Receiver:
     """Listens on a free port; keeps every connection's output lines in arrival order."""
 

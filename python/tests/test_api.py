@@ -1,4 +1,4 @@
-"""The Python API in-process: the spec's splitting rules through the example, per-key order,
+"""The Python API, in both modes where it matters: the spec's splitting rules through the example, per-key order,
 merged sources, build-time errors, exceptions in user code, decoders, native steps, batching."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def reference(text: str) -> list[str]:
 
 def run_memory(frames: list, cores: int = 2, **kw) -> bt.Report:
     app = wc.application(bt.MemorySource(frames), bt.MemorySink(), kw.pop("native", False))
+    kw.setdefault("mode", "in-process")
     return bt.run(app, cores=cores, handle_signals=False, **kw)
 
 
@@ -37,17 +38,17 @@ SPEC_CASES = [
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_splitting_rules_match_the_spec(native: bool) -> None:
-    report = run_memory(SPEC_CASES, native=native)
+def test_splitting_rules_match_the_spec(native: bool, mode: str) -> None:
+    report = run_memory(SPEC_CASES, native=native, mode=mode)
     got = Counter(line.rsplit(" => ", 1)[0] for line in report.lines())
     want = Counter(w for text in SPEC_CASES for w in reference(text))
     assert got == want
     assert "nbsp\u00a0stays" in got and "οδος" in got and "it's" in got and "a...b" in got
 
 
-def test_each_word_counts_up_in_order_on_one_core() -> None:
+def test_each_word_counts_up_in_order_on_one_core(mode: str) -> None:
     frames = ["a b c a", "b a", "c c c a"] * 50
-    report = run_memory(frames)
+    report = run_memory(frames, mode=mode)
     seen: dict[str, int] = {}
     owner: dict[str, int] = {}
     for core, out in enumerate(report.outputs):
@@ -59,13 +60,13 @@ def test_each_word_counts_up_in_order_on_one_core() -> None:
     assert seen == dict(Counter(w for f in frames for w in f.split()))
 
 
-def test_invalid_utf8_rejects_the_frame_and_the_rest_goes_on() -> None:
-    report = run_memory([b"good words", b"bad \xff words", b"more good"])
+def test_invalid_utf8_rejects_the_frame_and_the_rest_goes_on(mode: str) -> None:
+    report = run_memory([b"good words", b"bad \xff words", b"more good"], mode=mode)
     assert sorted(report.lines()) == ["good => 1", "good => 2", "more => 1", "words => 1"]
     assert report.metrics["frames_rejected"] == 1
 
 
-def test_sources_merge_into_one_state_step(tmp_path) -> None:
+def test_sources_merge_into_one_state_step(tmp_path, mode: str) -> None:
     framed = tmp_path / "in.bin"
     from conftest import frame
 
@@ -77,7 +78,7 @@ def test_sources_merge_into_one_state_step(tmp_path) -> None:
     ]
     app = (streams[0].merge(*streams[1:]).to_state(wc.CountWord, wc.WordTotals)
            .to_sink(bt.MemorySink(), wc.Encoder))
-    report = bt.run(app, cores=2, handle_signals=False)
+    report = bt.run(app, cores=2, handle_signals=False, mode=mode)
     last = {}
     for line in report.lines():
         w, n = line.split(" => ")
@@ -85,7 +86,7 @@ def test_sources_merge_into_one_state_step(tmp_path) -> None:
     assert last == {"x": 4, "y": 1, "z": 1}
 
 
-def test_exceptions_in_user_code_reject_only_their_record() -> None:
+def test_exceptions_in_user_code_reject_only_their_record(mode: str) -> None:
     class Picky:
         def compute(self, word: str, totals: wc.WordTotals) -> wc.WordCount:
             if word == "boom":
@@ -94,33 +95,33 @@ def test_exceptions_in_user_code_reject_only_their_record() -> None:
 
     app = (bt.source(bt.MemorySource(["a boom b", "boom a"])).to_multi(wc.Split).key_by()
            .to_state(Picky, wc.WordTotals).to_sink(bt.MemorySink(), wc.Encoder))
-    report = bt.run(app, cores=2, handle_signals=False)
+    report = bt.run(app, cores=2, handle_signals=False, mode=mode)
     assert sorted(report.lines()) == ["a => 1", "a => 2", "b => 1"]
     assert report.rejected == 2
 
 
-def test_a_failing_step_encoder_or_key_rejects_its_record() -> None:
+def test_a_failing_step_encoder_or_key_rejects_its_record(mode: str) -> None:
     app = (bt.source(bt.MemorySource(["1", "x", "2", "0"]))
            .to(lambda s: 10 // int(s))          # ValueError on "x", ZeroDivisionError on "0"
            .key_by(lambda n: n if n != 5 else str(n))  # an int key is a TypeError: 10 and 10//1
            .to_state(lambda n, st: n, dict)
            .to_sink(bt.MemorySink(), lambda n: f"{n}\n"))
-    report = bt.run(app, cores=1, handle_signals=False)
+    report = bt.run(app, cores=1, handle_signals=False, mode=mode)
     assert report.lines() == ["5"]
     assert report.rejected == 3
 
 
-def test_on_error_stop_raises_the_first_exception() -> None:
+def test_on_error_stop_raises_the_first_exception(mode: str) -> None:
     def explode(word: str) -> str:
         raise KeyError(word)
 
     app = (bt.source(bt.MemorySource(["a"] * 100)).to(explode).key_by()
            .to_state(wc.CountWord, wc.WordTotals).to_sink(bt.MemorySink(), wc.Encoder))
     with pytest.raises(KeyError):
-        bt.run(app, cores=1, on_error="stop", handle_signals=False)
+        bt.run(app, cores=1, on_error="stop", handle_signals=False, mode=mode)
 
 
-def test_a_decoder_exception_rejects_the_frame() -> None:
+def test_a_decoder_exception_rejects_the_frame(mode: str) -> None:
     def decode(b: bytes) -> str:
         if b.startswith(b"!"):
             raise ValueError("bang")
@@ -128,7 +129,7 @@ def test_a_decoder_exception_rejects_the_frame() -> None:
 
     app = (bt.source(bt.MemorySource(["a", "!b", "c"], decoder=decode)).to_multi(wc.Split).key_by()
            .to_state(wc.CountWord, wc.WordTotals).to_sink(bt.MemorySink(), wc.Encoder))
-    report = bt.run(app, cores=1, handle_signals=False)
+    report = bt.run(app, cores=1, handle_signals=False, mode=mode)
     assert sorted(report.lines()) == ["a => 1", "c => 1"]
     assert report.metrics["frames_rejected"] == 1 and report.rejected == 1
 
@@ -162,10 +163,10 @@ def test_misspelled_and_missing_methods_fail_at_build_time() -> None:
         keyed.to_state(bt.native.Count()).to_sink(bt.MemorySink(), bt.native.WordCountEncoder())
 
 
-def test_native_split_mixes_with_python_steps() -> None:
+def test_native_split_mixes_with_python_steps(mode: str) -> None:
     app = (bt.source(bt.MemorySource(["Hello, hello WORLD"])).to_multi(bt.native.SplitWords())
            .key_by().to_state(wc.CountWord, wc.WordTotals).to_sink(bt.MemorySink(), wc.Encoder))
-    report = bt.run(app, cores=2, handle_signals=False)
+    report = bt.run(app, cores=2, handle_signals=False, mode=mode)
     assert sorted(report.lines()) == ["hello => 1", "hello => 2", "world => 1"]
 
 
@@ -183,7 +184,9 @@ def test_metrics_addr_serves_prometheus_metrics(receiver) -> None:
     import urllib.request
 
     app = wc.application(bt.TCPSource("127.0.0.1:0"), bt.TCPSink(receiver.addr))
-    running = bt.start(app, cores=2, metrics_addr="127.0.0.1:0")
+    # In-process: there frames_in counts the source's frames (in process mode, the keyed
+    # records the front workers send back).
+    running = bt.start(app, cores=2, metrics_addr="127.0.0.1:0", mode="in-process")
     from conftest import frame, send
 
     assert running.metrics_addr is not None and not running.metrics_addr.endswith(":0")
@@ -198,9 +201,9 @@ def test_metrics_addr_serves_prometheus_metrics(receiver) -> None:
     assert sum(float(l.split()[-1]) for l in frames) == 1, body
 
 
-def test_start_and_stop_from_code(receiver) -> None:
+def test_start_and_stop_from_code(receiver, mode: str) -> None:
     app = wc.application(bt.TCPSource("127.0.0.1:0"), bt.TCPSink(receiver.addr))
-    running = bt.start(app, cores=2)
+    running = bt.start(app, cores=2, mode=mode)
     from conftest import frame, send
 
     send(running.local_addr, [frame("stop me gently")])
@@ -211,14 +214,52 @@ def test_start_and_stop_from_code(receiver) -> None:
     assert sorted(receiver.lines()) == ["gently => 1", "me => 1", "stop => 1"]
 
 
-def test_python_steps_default_to_one_core_under_the_gil() -> None:
-    """Without ``cores``, Python steps run on 1 core under the GIL (faster than 2, README),
-    and the native word count on every online core."""
+def test_python_steps_default_to_process_mode_on_every_core_under_the_gil() -> None:
+    """Without ``mode`` and ``cores``, Python steps run in process mode on every online core
+    (the fastest here, README "Python benchmark"); in-process, on 1 core; the native word
+    count on every online core."""
+    import os
+
     frames = ["a b a", "b c"]
+    want = ["a => 1", "a => 2", "b => 1", "b => 2", "c => 1"]
     python_app = wc.application(bt.MemorySource(frames), bt.MemorySink())
+    assert bt.runtime.default_mode(python_app) == "process"
     report = bt.run(python_app, handle_signals=False)
-    assert len(report.per_core) == 1
-    assert sorted(report.lines()) == ["a => 1", "a => 2", "b => 1", "b => 2", "c => 1"]
+    assert len(report.per_core) == len(os.sched_getaffinity(0))
+    assert sorted(report.lines()) == want
+    in_process = bt.run(python_app, handle_signals=False, mode="in-process")
+    assert len(in_process.per_core) == 1 and sorted(in_process.lines()) == want
     native_app = wc.application(bt.MemorySource(frames), bt.MemorySink(), native=True)
     native = bt.run(native_app, handle_signals=False)
-    assert sorted(native.lines()) == sorted(report.lines())
+    assert sorted(native.lines()) == want
+
+
+def test_unknown_options_and_modes_are_refused() -> None:
+    app = wc.application(bt.MemorySource(["a"]), bt.MemorySink())
+    with pytest.raises(TypeError, match="unexpected keyword argument.*on_eror"):
+        bt.run(app, on_eror="stop")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="mode must be"):
+        bt.run(app, mode="threads")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resilience_dir is not supported in process mode"):
+        bt.run(app, mode="process", resilience_dir="/tmp/nowhere")
+
+
+def test_a_killed_worker_process_is_a_clear_error() -> None:
+    """A front worker killed mid-run stops the run with an error naming it, not a hang."""
+    import os
+    import signal
+    import threading
+
+    def slow(data: str) -> list[str]:
+        import time
+
+        time.sleep(0.01)
+        return data.split()
+
+    app = (bt.source(bt.MemorySource(["x y"] * 2000)).to_multi(slow).key_by()
+           .to_state(wc.CountWord, wc.WordTotals).to_sink(bt.MemorySink(), wc.Encoder))
+    running = bt.start(app, cores=2, mode="process")
+    front = [c for c in running._workers.children if c.kind == "front"][0]
+    threading.Timer(0.3, os.kill, (front.pid, signal.SIGKILL)).start()
+    with pytest.raises(RuntimeError, match=r"front worker process of core 0 .*died.*SIGKILL"):
+        running.join()

@@ -1,5 +1,6 @@
-"""examples/python/word_count.py as a real process over TCP: the Wallaroo conformance case on
-chunked connections, every bad-input row of the spec, SIGTERM/SIGINT, a file source, and a
+"""examples/python/word_count.py as a real process over TCP, in both modes: the Wallaroo
+conformance case on chunked connections, every bad-input row of the spec, SIGTERM/SIGINT, a
+file source, and a
 kill -9 with --resilience-dir that still gives exact final counts."""
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def check_order(receiver: Receiver) -> dict[str, int]:
     return final
 
 
-def test_conformance_over_chunked_connections(receiver: Receiver) -> None:
-    ex = Example("--in", "words@127.0.0.1:0", "--out", receiver.addr, "--cores", "2")
+def test_conformance_over_chunked_connections(receiver: Receiver, mode: str) -> None:
+    ex = Example("--in", "words@127.0.0.1:0", "--out", receiver.addr, "--cores", "2", "--mode", mode)
     lines = [l for l in (CONFORMANCE / "count_this.txt").read_text().splitlines() if l.strip()]
     expected = json.loads((CONFORMANCE / "expected.json").read_text())
     total = sum(expected.values())
@@ -56,8 +57,9 @@ def test_conformance_over_chunked_connections(receiver: Receiver) -> None:
     assert stopped["metrics"]["frames_in"] == len(lines)
 
 
-def test_bad_input_rows(receiver: Receiver) -> None:
-    ex = Example("--in", "127.0.0.1:0", "--out", receiver.addr, "--cores", "2", "--max-frame", "100")
+def test_bad_input_rows(receiver: Receiver, mode: str) -> None:
+    ex = Example("--in", "127.0.0.1:0", "--out", receiver.addr, "--cores", "2", "--max-frame", "100",
+                 "--mode", mode)
     # Not UTF-8: that frame is rejected whole, the frames after it go on.
     send(ex.addr, [frame("one"), frame(b"two \xff\xfe bad"), frame("three")])
     # A length above --max-frame closes that connection only.
@@ -76,7 +78,7 @@ def test_bad_input_rows(receiver: Receiver) -> None:
     assert status == 0, err
     assert sorted(receiver.lines()) == ["five => 1", "four => 1", "one => 1", "one => 2", "three => 1"]
     assert stopped["metrics"]["frames_rejected"] == 1
-    assert "not valid UTF-8" in err
+    assert "not valid UTF-8" in err, err
 
 
 def test_a_sink_not_listening_yet_is_retried() -> None:
@@ -99,8 +101,8 @@ def test_a_sink_not_listening_yet_is_retried() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_gracefully_and_flushes(receiver: Receiver, sig: int) -> None:
-    ex = Example("--in", "127.0.0.1:0", "--out", receiver.addr, "--cores", "2")
+def test_signal_stops_gracefully_and_flushes(receiver: Receiver, sig: int, mode: str) -> None:
+    ex = Example("--in", "127.0.0.1:0", "--out", receiver.addr, "--cores", "2", "--mode", mode)
     frames = [frame("alpha beta gamma")] * 2000
     send(ex.addr, frames)
     receiver.wait_lines(1)
@@ -129,9 +131,10 @@ def corpus(path: Path, messages: int, seed: int = 7) -> Counter:
     return counts
 
 
-def test_file_input_reads_once_flushes_and_exits_0(tmp_path: Path, receiver: Receiver) -> None:
+def test_file_input_reads_once_flushes_and_exits_0(tmp_path: Path, receiver: Receiver, mode: str) -> None:
     want = corpus(tmp_path / "in.bin", 3000)
-    ex = Example("--in", f"file:{tmp_path / 'in.bin'}", "--out", receiver.addr, "--cores", "2")
+    ex = Example("--in", f"file:{tmp_path / 'in.bin'}", "--out", receiver.addr, "--cores", "2",
+                 "--mode", mode)
     status, stopped, err = ex.finish()
     assert status == 0, err
     assert stopped["metrics"]["frames_in"] == 3000

@@ -84,6 +84,7 @@ pub struct Engine {
     max_key_bytes: usize,
     spin_before_park: Option<Duration>,
     balance_connections: bool,
+    offload: Option<Arc<crate::offload::Offload>>,
 }
 
 /// The hash seed every engine used before seeds were random and recorded in checkpoints: a
@@ -101,6 +102,7 @@ impl Default for Engine {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             spin_before_park: spin_from_env(),
             balance_connections: std::env::var("BETTONG_BALANCE").is_ok_and(|v| v == "1"),
+            offload: None,
         }
     }
 }
@@ -197,6 +199,13 @@ impl Engine {
     /// machine (see README, "Connections balanced over the cores").
     pub fn balance_connections(mut self, on: bool) -> Self {
         self.balance_connections = on;
+        self
+    }
+
+    /// Hands every read, as one batch, to the core's helper process and ingests its answer
+    /// instead (see [`crate::offload`]): the pipeline then decodes the helpers' frames.
+    pub fn offload(mut self, offload: Arc<crate::offload::Offload>) -> Self {
+        self.offload = Some(offload);
         self
     }
 
@@ -431,7 +440,11 @@ impl Engine {
             if let Some(d) = self.spin_before_park {
                 builder = builder.spin_before_park(d);
             }
-            match builder.spawn(move || run_core(ctx)) {
+            let offload = self.offload.clone();
+            match builder.spawn(move || {
+                crate::offload::enter(i, offload.as_ref());
+                run_core(ctx)
+            }) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
                     stop.stop();
