@@ -2,11 +2,13 @@
 Python on Bettong: Split, CountWord, WordTotals and an encoder. It holds the contract of
 ``../shared/spec/word-count.md``.
 
-    python3 examples/python/word_count.py --in [NAME@]HOST:PORT|file:PATH --out HOST:PORT [--cores N]
-        [--mode process|in-process]
+    python3 examples/python/word_count.py --in [NAME@]HOST:PORT|file:PATH|nats://HOST:PORT/PREFIX
+        --out HOST:PORT|nats://HOST:PORT/PREFIX [--cores N] [--mode process|in-process]
 
 With ``--in file:PATH`` (a framed file) it reads the file once, flushes all output and exits 0;
-over TCP it runs until SIGINT or SIGTERM, then stops gracefully and exits 0. Like ``bettong
+over TCP or NATS it runs until SIGINT or SIGTERM, then stops gracefully and exits 0. NATS
+JetStream is read and written as ``bettong serve`` does without ``--job`` (stream
+``PREFIX_in``, output lines on ``PREFIX.out.<q>``); ``--out nats://…`` runs in-process. Like ``bettong
 serve``, it prints a ready and a stopped JSON line on stdout; its log goes to stderr.
 ``--native`` runs the same application with the built-in Rust steps instead, for comparison.
 """
@@ -67,14 +69,24 @@ class Encoder:
         return f"{data.word} => {data.count}\n"
 
 
-def source_of(spec: str) -> bt.TCPSource | bt.FileSource:
-    """``--in``: ``file:PATH``, or ``[NAME@]HOST:PORT``."""
+def source_of(spec: str) -> bt.TCPSource | bt.FileSource | bt.NATSSource:
+    """``--in``: ``file:PATH``, ``nats://HOST:PORT/PREFIX``, or ``[NAME@]HOST:PORT``."""
     if spec.startswith("file:"):
         return bt.FileSource(spec[len("file:"):])
+    if spec.startswith("nats://"):
+        return bt.NATSSource(spec)
     return bt.TCPSource(spec)
 
 
-def application(src: bt.TCPSource | bt.FileSource, out: bt.TCPSink | bt.MemorySink,
+def sink_of(spec: str) -> bt.TCPSink | bt.NATSSink:
+    """``--out``: ``nats://HOST:PORT/PREFIX``, or ``HOST:PORT``."""
+    if spec.startswith("nats://"):
+        return bt.NATSSink(spec)
+    return bt.TCPSink(spec)
+
+
+def application(src: bt.TCPSource | bt.FileSource | bt.NATSSource,
+                out: bt.TCPSink | bt.MemorySink | bt.NATSSink,
                 native: bool = False) -> bt.Application:
     """The word count, in Python (or with the built-in native steps)."""
     if native:
@@ -87,13 +99,16 @@ def application(src: bt.TCPSource | bt.FileSource, out: bt.TCPSink | bt.MemorySi
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--in", dest="input", required=True,
-                   help="[NAME@]HOST:PORT to listen on, or file:PATH of a framed file")
-    p.add_argument("--out", required=True, help="HOST:PORT of the receiver")
+                   help="[NAME@]HOST:PORT to listen on, file:PATH of a framed file, or "
+                        "nats://HOST:PORT/PREFIX (the JetStream stream PREFIX_in)")
+    p.add_argument("--out", required=True,
+                   help="HOST:PORT of the receiver, or nats://HOST:PORT/PREFIX (in-process mode)")
     p.add_argument("--cores", type=int, default=None,
                    help="cores (default: every online core; 1 with --mode in-process under the GIL)")
     p.add_argument("--mode", choices=["process", "in-process"], default=None,
                    help="where the Python steps run: worker processes, one front and one state "
-                        "worker per core (the default, except with --resilience-dir), or the "
+                        "worker per core (the default, except with --resilience-dir or "
+                        "--out nats://…), or the "
                         "engine's own cores under the GIL")
     p.add_argument("--max-frame", type=int, default=None, help="largest payload (default 1 MiB)")
     p.add_argument("--resilience-dir", default=None,
@@ -102,10 +117,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--metrics-addr", default=None, help="HOST:PORT: serve Prometheus /metrics and the monitoring page")
     p.add_argument("--native", action="store_true", help="the built-in Rust steps instead")
     args = p.parse_args(argv)
-    src = source_of(args.input)
-    src.max_frame = args.max_frame
-    app = application(src, bt.TCPSink(args.out), args.native)
     try:
+        src = source_of(args.input)
+        src.max_frame = args.max_frame
+        app = application(src, sink_of(args.out), args.native)
         bt.run(app, cores=args.cores, resilience_dir=args.resilience_dir,
                checkpoint_interval=args.checkpoint_interval, metrics_addr=args.metrics_addr,
                mode=args.mode, announce=True)

@@ -28,7 +28,15 @@ from .api import (
     source,
 )
 from .checks import BuildError
-from .connectors import FileSource, MemorySink, MemorySource, TCPSink, TCPSource
+from .connectors import (
+    FileSource,
+    MemorySink,
+    MemorySource,
+    NATSSink,
+    NATSSource,
+    TCPSink,
+    TCPSource,
+)
 from .runtime import Report, Running, run, start
 
 __all__ = [
@@ -41,6 +49,8 @@ __all__ = [
     "Keyed",
     "MemorySink",
     "MemorySource",
+    "NATSSink",
+    "NATSSource",
     "Report",
     "Running",
     "StateCodec",

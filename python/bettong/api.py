@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Tuple, Union
 
 from . import native
 from .checks import BuildError, function, method, name_of, state_class
-from .connectors import MemorySink, Sink, Source, TCPSink, source_plan
+from .connectors import MemorySink, NATSSink, Sink, Source, TCPSink, sink_plan, source_plan
 
 
 class Computation(Protocol):
@@ -150,8 +150,10 @@ class Stateful:
     def to_sink(self, sink: Sink, encoder: EncoderLike) -> "Application":
         """The encoder (a function, or an object with ``encode(data)``, returning ``bytes`` or
         ``str``) and where its bytes go. This completes the application."""
-        if not isinstance(sink, (TCPSink, MemorySink)):
-            raise BuildError(f"a sink must be TCPSink or MemorySink, not {type(sink).__name__}")
+        if not isinstance(sink, (TCPSink, MemorySink, NATSSink)):
+            raise BuildError(
+                f"a sink must be TCPSink, MemorySink or NATSSink, not {type(sink).__name__}"
+            )
         if self._native or isinstance(encoder, native.WordCountEncoder):
             return self._native_app(sink, encoder)
         fn = method(encoder, "encode", 1, "to_sink's encoder")
@@ -205,8 +207,7 @@ class Application:
             "compute": self._compute or none,
             "codec": self._codec,
             "encoder": self._encoder or none,
-            "sink_kind": "tcp" if isinstance(self._sink, TCPSink) else "memory",
-            "sink_addr": self._sink.addr if isinstance(self._sink, TCPSink) else None,
+            **sink_plan(self._sink),
             "native": self._native,
         }
 

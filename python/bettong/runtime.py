@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, TypedDict, Union, Unpack
 
 from . import _native
 from .api import Application
-from .connectors import FileSource
+from .connectors import FileSource, NATSSource
 from .processes import Workers
 
 OnError = Literal["reject", "stop"]
@@ -94,7 +94,12 @@ class Running:
         addr = self.local_addr
         if addr is None:
             first = self._app.sources[0]
-            addr = f"file:{os.fspath(first.path)}" if isinstance(first, FileSource) else "memory"
+            if isinstance(first, FileSource):
+                addr = f"file:{os.fspath(first.path)}"
+            elif isinstance(first, NATSSource):
+                addr = first.url
+            else:
+                addr = "memory"
         return json.dumps({"event": "ready", "in": addr, "cores": self.cores}, separators=(",", ":"))
 
 
@@ -136,10 +141,12 @@ def _check_options(options: dict[str, Any], where: str) -> None:
 def default_mode(app: Application, resilience_dir: Any = None) -> Mode:
     """The mode used when ``mode`` is not given: ``"process"`` for Python steps under the GIL
     (the fastest on the machine measured, README "Python benchmark"), ``"in-process"`` on a
-    free-threaded CPython, for the built-in native word count, and with ``resilience_dir``
-    (process mode does not checkpoint yet)."""
+    free-threaded CPython, for the built-in native word count, with ``resilience_dir``
+    (process mode does not checkpoint yet) and with a :class:`bettong.NATSSink` (in process
+    mode the state workers write the output themselves, over TCP)."""
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    if not gil or app.plan()["native"] or resilience_dir is not None:
+    plan = app.plan()
+    if not gil or plan["native"] or resilience_dir is not None or plan["sink_kind"] == "nats":
         return "in-process"
     return "process"
 
@@ -171,6 +178,9 @@ def start(app: Application, cores: Optional[int] = None, **options: Unpack[Optio
             options.get("checkpoint_interval", 1.0), options.get("metrics_addr"))
     if mode == "in-process" or app.plan()["native"]:
         return Running(_native.start(app.plan(), cores, *args), app)
+    if app.plan()["sink_kind"] == "nats":
+        raise ValueError('NATSSink is not supported in process mode (the state workers write the '
+                         'output themselves, over TCP): use mode="in-process"')
     if resilience_dir is not None:
         raise ValueError('resilience_dir is not supported in process mode yet (the states live '
                          'in the worker processes, which do not take part in checkpoints): use '

@@ -19,6 +19,9 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use bettong::nats::cli::{DEFAULT_IN_PARTITIONS, DEFAULT_PARTITIONS};
+use bettong::nats::engine_sink::Layout;
+use bettong::nats::standalone::{self, Bridge};
 use bettong::observe::{ObserveOptions, Observers};
 
 use crate::item::set_state_codec;
@@ -41,6 +44,12 @@ struct SourcePlan {
     frames: Option<Vec<Vec<u8>>>,
     #[pyo3(item)]
     max_frame: Option<usize>,
+    /// A NATS source's `nats://HOST:PORT/PREFIX`.
+    #[pyo3(item)]
+    url: Option<String>,
+    /// A NATS source's input partitions, should its stream have to be created.
+    #[pyo3(item)]
+    in_partitions: Option<u32>,
     #[pyo3(item)]
     decoder: Option<Named>,
     #[pyo3(item)]
@@ -63,8 +72,12 @@ pub(crate) struct Plan {
     encoder: Named,
     #[pyo3(item)]
     sink_kind: String,
+    /// A TCP sink's `HOST:PORT`, or a NATS sink's `nats://HOST:PORT/PREFIX`.
     #[pyo3(item)]
     sink_addr: Option<String>,
+    /// A NATS sink's key partitions.
+    #[pyo3(item)]
+    sink_partitions: Option<u32>,
     /// Every step is a built-in native one: run the Rust word count itself.
     #[pyo3(item)]
     native: bool,
@@ -74,7 +87,13 @@ pub(crate) fn err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{e:#}"))
 }
 
-fn source_config(s: &SourcePlan) -> PyResult<SourceConfig> {
+/// The engine's source for `s`; a NATS source is a channel source of `lanes` lanes (the
+/// engine's cores), whose bridge end is added to `nats`.
+fn source_config(
+    s: &SourcePlan,
+    lanes: usize,
+    nats: &mut Vec<standalone::BridgeInput>,
+) -> PyResult<SourceConfig> {
     Ok(match s.kind.as_str() {
         "tcp" => {
             let spec = s.addr.as_deref().unwrap_or_default();
@@ -96,19 +115,37 @@ fn source_config(s: &SourcePlan) -> PyResult<SourceConfig> {
         "memory" => SourceConfig::Memory(MemorySource::from_frames(
             s.frames.clone().unwrap_or_default(),
         )),
+        "nats" => {
+            let url = s.url.as_deref().unwrap_or_default();
+            let url = standalone::parse_url(url, "NATSSource's url").map_err(err)?;
+            let max_frame = s
+                .max_frame
+                .unwrap_or(bettong_engine::codec::DEFAULT_MAX_FRAME);
+            let in_partitions = s.in_partitions.unwrap_or(DEFAULT_IN_PARTITIONS);
+            let (cfg, input) = standalone::nats_source_on(&url, lanes, max_frame, in_partitions);
+            nats.push(input);
+            cfg
+        }
         other => return Err(err(format!("unknown source kind {other:?}"))),
     })
 }
 
-fn sink_config(plan: &Plan) -> PyResult<SinkConfig> {
+/// The engine's sink for `plan`; a NATS sink is a channel sink, with its bridge end.
+fn sink_config(plan: &Plan) -> PyResult<(SinkConfig, Option<standalone::BridgeOutput>)> {
     Ok(match plan.sink_kind.as_str() {
         "tcp" => {
             let addr = plan.sink_addr.as_deref().unwrap_or_default();
-            SinkConfig::Tcp(TcpSinkConfig::new(
-                bettong::serve::resolve(addr, "the TCP sink's address").map_err(err)?,
-            ))
+            let addr = bettong::serve::resolve(addr, "the TCP sink's address").map_err(err)?;
+            (SinkConfig::Tcp(TcpSinkConfig::new(addr)), None)
         }
-        "memory" => SinkConfig::Memory,
+        "memory" => (SinkConfig::Memory, None),
+        "nats" => {
+            let url = plan.sink_addr.as_deref().unwrap_or_default();
+            let url = standalone::parse_url(url, "NATSSink's url").map_err(err)?;
+            let partitions = plan.sink_partitions.unwrap_or(DEFAULT_PARTITIONS);
+            let (cfg, output) = standalone::nats_channel_sink(&url, partitions, Layout::Lines);
+            (SinkConfig::Channel(cfg), Some(output))
+        }
         other => return Err(err(format!("unknown sink kind {other:?}"))),
     })
 }
@@ -166,6 +203,19 @@ pub struct Running {
     cores: usize,
     /// SIGINT/SIGTERM stop this engine ([`stop_on_signals`]).
     on_signals: std::sync::atomic::AtomicBool,
+    /// The NATS bridge of the NATS sources and sink, if any: finished by [`Running::join`]
+    /// once the engine has stopped.
+    bridge: Mutex<Option<Bridge>>,
+}
+
+/// Finishes the NATS bridge, if there is one: publishes the output still queued and joins it.
+fn finish_bridge(bridge: Option<Bridge>) -> PyResult<()> {
+    match bridge.map(Bridge::finish) {
+        Some(Err(e)) => Err(PyRuntimeError::new_err(format!(
+            "the NATS bridge failed: {e:#}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[pymethods]
@@ -205,7 +255,12 @@ impl Running {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("join: this application was already joined"))?;
-        let report = py.detach(|| running.join());
+        let bridge = self.bridge.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The engine has stopped (its sink queue is closed): the bridge publishes the rest.
+        let (report, bridged) = py.detach(|| {
+            let report = running.join();
+            (report, finish_bridge(bridge))
+        });
         drop(
             self.observers
                 .lock()
@@ -223,6 +278,7 @@ impl Running {
         }
         let report = report
             .map_err(|e| PyRuntimeError::new_err(format!("the Bettong engine failed: {e}")))?;
+        bridged?;
         if let Some(e) = self.errors.take_first() {
             return Err(e);
         }
@@ -283,15 +339,34 @@ pub fn start(
     });
     let plan: Plan = plan.extract()?;
     let stop_on_error = stop_on_error(on_error)?;
+    let offload = workers.map(|(fds, relay_sink)| (Offload::new(fds), relay_sink));
+    // The engine's cores: one lane of each NATS source each.
+    let lanes = match (&offload, cores) {
+        (_, Some(n)) => n,
+        (Some((offload, _)), None) => offload.cores(),
+        (None, None) => bettong_engine::online_cpus().len(),
+    };
+    let mut nats_inputs = Vec::new();
     let sources = plan
         .sources
         .iter()
-        .map(source_config)
+        .map(|s| source_config(s, lanes, &mut nats_inputs))
         .collect::<PyResult<Vec<_>>>()?;
-    let mut sink = sink_config(&plan)?;
+    let (mut sink, nats_output) = sink_config(&plan)?;
+    if !nats_inputs.is_empty() && resilience_dir.is_some() {
+        return Err(err(
+            "resilience_dir cannot be used with a NATSSource: its input stream is read from \
+             its start at every start, so a restored checkpoint would count it twice",
+        ));
+    }
     let mut engine = Engine::new();
-    let offload = workers.map(|(fds, relay_sink)| (Offload::new(fds), relay_sink));
     if let Some((offload, relay_sink)) = &offload {
+        if nats_output.is_some() {
+            return Err(err(
+                "NATSSink is not supported in process mode (the state workers write the output \
+                 themselves, over TCP): run with mode=\"in-process\"",
+            ));
+        }
         if resilience_dir.is_some() {
             return Err(err(
                 "resilience_dir is not supported in process mode yet (the states live in the \
@@ -327,29 +402,64 @@ pub fn start(
         None => None,
     };
     let errors = Arc::new(UserErrors::new(stop_on_error));
-    let started = if offload.is_some() {
-        let app = relay(plan.sources.len());
-        py.detach(|| engine.start(app, sources, sink))
-    } else if plan.native {
-        let app = bettong::app::word_count();
-        py.detach(|| match checkpoints {
-            Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),
-            None => engine.start(app, sources, sink),
-        })
-    } else {
+    // The Python pipeline (in-process mode), built before the bridge starts so that nothing
+    // after the bridge's start fails before the engine's.
+    let pipeline = if offload.is_none() && !plan.native {
         set_state_codec(
             plan.codec
                 .as_ref()
                 .map(|(e, d)| (e.clone_ref(py), d.clone_ref(py))),
         );
-        let app = build(py_app(py, &plan, errors.clone())?);
-        py.detach(|| match checkpoints {
+        Some(build(py_app(py, &plan, errors.clone())?))
+    } else {
+        None
+    };
+    // Connected, and the streams found or made, before the engine reads or writes them.
+    let bridge = if nats_inputs.is_empty() && nats_output.is_none() {
+        None
+    } else {
+        // How long the NATS sink's last output may take to be acknowledged after the stop.
+        let grace = match &sink {
+            SinkConfig::Channel(cfg) => cfg.shutdown_grace,
+            _ => Duration::ZERO,
+        };
+        match py.detach(|| Bridge::start(nats_inputs, nats_output, grace)) {
+            Ok(bridge) => Some(bridge),
+            Err(e) => {
+                set_state_codec(None);
+                return Err(PyRuntimeError::new_err(format!(
+                    "the NATS bridge could not start: {e:#}"
+                )));
+            }
+        }
+    };
+    let started = match pipeline {
+        Some(app) => py.detach(|| match checkpoints {
             Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),
             None => engine.start(app, sources, sink),
-        })
+        }),
+        None if offload.is_some() => {
+            let app = relay(plan.sources.len());
+            py.detach(|| engine.start(app, sources, sink))
+        }
+        None => {
+            let app = bettong::app::word_count();
+            py.detach(|| match checkpoints {
+                Some(ck) => engine.start_with_checkpoints(app, sources, sink, ck),
+                None => engine.start(app, sources, sink),
+            })
+        }
     };
-    let running = started
-        .map_err(|e| PyRuntimeError::new_err(format!("the Bettong engine could not start: {e}")))?;
+    let running = match started {
+        Ok(running) => running,
+        Err(e) => {
+            // The engine never ran: its channels are closed, so the bridge stops at once.
+            let _ = py.detach(|| finish_bridge(bridge));
+            return Err(PyRuntimeError::new_err(format!(
+                "the Bettong engine could not start: {e}"
+            )));
+        }
+    };
     // The metrics server (`metrics_addr`) of `bettong serve --metrics-addr`, on its own threads.
     let observe = ObserveOptions {
         metrics_addr,
@@ -359,7 +469,10 @@ pub fn start(
         Ok(o) => o,
         Err(e) => {
             running.stop();
-            let _ = py.detach(|| running.join());
+            let _ = py.detach(|| {
+                let _ = running.join();
+                finish_bridge(bridge)
+            });
             return Err(err(format!("{e:#}")));
         }
     };
@@ -372,6 +485,7 @@ pub fn start(
         cores: running.cpus().len(),
         running: Mutex::new(Some(running)),
         on_signals: false.into(),
+        bridge: Mutex::new(bridge),
         stop,
         errors,
     })

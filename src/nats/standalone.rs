@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bettong_engine::channel_sink::{channel_sink, ChunkReceiver};
+use bettong_engine::channel_sink::{channel_sink, ChannelSinkConfig, ChunkReceiver};
 use bettong_engine::channel_source::{channel_source, BatchSender};
 use bettong_engine::{SinkConfig, SourceConfig};
 
@@ -68,8 +68,20 @@ pub fn nats_source(
     opts: &crate::serve::ServeOptions,
     in_partitions: u32,
 ) -> (SourceConfig, BridgeInput) {
-    let (tx, mut src) = channel_source(&url.to_string(), engine_cores(opts), SOURCE_QUEUE);
-    src.max_frame = opts.max_frame;
+    nats_source_on(url, engine_cores(opts), opts.max_frame, in_partitions)
+}
+
+/// A channel source reading `url`'s input stream with `lanes` lanes (give it the engine's core
+/// count) and frames of at most `max_frame` bytes, and the bridge's end of it: [`nats_source`]
+/// for a caller without [`ServeOptions`](crate::serve::ServeOptions) (the Python runner).
+pub fn nats_source_on(
+    url: &NatsUrl,
+    lanes: usize,
+    max_frame: usize,
+    in_partitions: u32,
+) -> (SourceConfig, BridgeInput) {
+    let (tx, mut src) = channel_source(&url.to_string(), lanes.max(1), SOURCE_QUEUE);
+    src.max_frame = max_frame;
     let input = BridgeInput {
         url: url.clone(),
         tx,
@@ -85,16 +97,28 @@ pub fn nats_sink(
     partitions: u32,
     layout: Layout,
 ) -> (SinkConfig, BridgeOutput) {
-    let (mut cfg, rx) = channel_sink(SINK_QUEUE);
+    let (mut cfg, output) = nats_channel_sink(url, partitions, layout);
     cfg.max_held_bytes = opts.limits.sink_buffer;
     cfg.shutdown_grace = opts.limits.shutdown_grace;
+    (SinkConfig::Channel(cfg), output)
+}
+
+/// A channel sink, with the engine's default limits, publishing to `url`'s output stream, and
+/// the bridge's end of it: [`nats_sink`] for a caller without
+/// [`ServeOptions`](crate::serve::ServeOptions) (the Python runner).
+pub fn nats_channel_sink(
+    url: &NatsUrl,
+    partitions: u32,
+    layout: Layout,
+) -> (ChannelSinkConfig, BridgeOutput) {
+    let (cfg, rx) = channel_sink(SINK_QUEUE);
     let output = BridgeOutput {
         url: url.clone(),
         rx,
         partitions,
         layout,
     };
-    (SinkConfig::Channel(cfg), output)
+    (cfg, output)
 }
 
 /// Parses a `nats://HOST:PORT/PREFIX` given to `flag`.
