@@ -11,12 +11,11 @@ use bettong_engine::{Engine, IoBackend, MemorySource, SinkConfig, SourceConfig, 
 
 use crate::support::frame_all;
 
-fn balanced_on(io: IoBackend) {
+/// `engine` (2 cores) spreads 8 connections 4 and 4 on `io`.
+fn balanced_on(io: IoBackend, engine: Engine) {
     let mut cfg = TcpSourceConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg.io = io;
-    let running = Engine::new()
-        .cores(2)
-        .balance_connections(true)
+    let running = engine
         .start(
             bettong::app::word_count(),
             SourceConfig::Tcp(cfg),
@@ -64,12 +63,28 @@ fn balanced_on(io: IoBackend) {
 
 #[test]
 fn connections_are_spread_evenly_over_the_cores_with_io_uring() {
-    balanced_on(IoBackend::Uring);
+    balanced_on(
+        IoBackend::Uring,
+        Engine::new().cores(2).balance_connections(true),
+    );
+}
+
+#[test]
+fn connections_are_balanced_by_default() {
+    assert_ne!(
+        std::env::var("BETTONG_BALANCE").as_deref(),
+        Ok("0"),
+        "BETTONG_BALANCE=0 in the environment turns the default off: unset it for this test"
+    );
+    balanced_on(IoBackend::Uring, Engine::new().cores(2));
 }
 
 #[test]
 fn connections_are_spread_evenly_over_the_cores_with_glommio_sockets() {
-    balanced_on(IoBackend::Glommio);
+    balanced_on(
+        IoBackend::Glommio,
+        Engine::new().cores(2).balance_connections(true),
+    );
 }
 
 #[test]

@@ -101,7 +101,7 @@ impl Default for Engine {
             seed: None,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             spin_before_park: spin_from_env(),
-            balance_connections: std::env::var("BETTONG_BALANCE").is_ok_and(|v| v == "1"),
+            balance_connections: std::env::var("BETTONG_BALANCE").map_or(true, |v| v != "0"),
             offload: None,
         }
     }
@@ -194,9 +194,8 @@ impl Engine {
     }
 
     /// Hands each accepted TCP connection to the core with the fewest open, when it has fewer
-    /// than the core that accepted it (`tcp/balance.rs`). Off by default (`BETTONG_BALANCE=1`
-    /// turns it on) until `hardening_partial_frames` is shown to pass with it on a quiet
-    /// machine (see README, "Connections balanced over the cores").
+    /// than the core that accepted it (`tcp/balance.rs`). On by default; `BETTONG_BALANCE=0`
+    /// turns the default off (see README, "Connections balanced over the cores").
     pub fn balance_connections(mut self, on: bool) -> Self {
         self.balance_connections = on;
         self
