@@ -228,7 +228,8 @@ pub struct ServeArgs {
     #[arg(long = "out", value_name = "HOST:PORT|nats://HOST:PORT/PREFIX")]
     pub output: String,
     /// Cores to run on, one pinned executor each (default: every online core, or every CPU of
-    /// --cpus).
+    /// --cpus; for a cluster member, --job, default 1: members sharing a machine each need
+    /// their own --cpus).
     #[arg(long)]
     pub cores: Option<usize>,
     /// CPUs to run on, one core pinned to each: a list such as `1`, `2-5` or `0,3` (default:
