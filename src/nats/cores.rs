@@ -12,42 +12,49 @@ use bettong_engine::placement::{set_thread_cpus, system_cpus, CpuList};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The CPUs of a member's `n` cores: the first `n` of `cpus` (`--cpus`) if given, else of the
-/// CPUs this process may use (as the engine's `serve` chooses them).
-pub fn choose_cpus(n: usize, cpus: Option<&[usize]>) -> anyhow::Result<Vec<usize>> {
+/// The CPUs of a member's `n` cores: the first `n` of `cpus` (`--cpus`), each core pinned to
+/// its own; without `--cpus`, `n` unpinned cores (`None`): several members may share a machine,
+/// and pinning each to the first CPUs would put all their cores on the same ones.
+pub fn choose_cpus(n: usize, cpus: Option<&[usize]>) -> anyhow::Result<Vec<Option<usize>>> {
     if n == 0 {
         bail!("--cores must be at least 1");
     }
-    let from = match cpus {
-        Some(cpus) => {
-            let online = system_cpus();
-            if let Some(c) = cpus.iter().find(|c| !online.contains(c)) {
-                bail!(
-                    "--cpus names CPU {c}, which is not online (online: {})",
-                    CpuList(&online)
-                );
-            }
-            cpus.to_vec()
-        }
-        None => bettong_engine::online_cpus(),
+    let Some(cpus) = cpus else {
+        return Ok(vec![None; n]);
     };
-    if n > from.len() {
+    let online = system_cpus();
+    if let Some(c) = cpus.iter().find(|c| !online.contains(c)) {
         bail!(
-            "--cores {n} is more than the {} CPU(s) {} a member may pin its cores to; give more \
-             with --cpus",
-            from.len(),
-            CpuList(&from)
+            "--cpus names CPU {c}, which is not online (online: {})",
+            CpuList(&online)
         );
     }
-    Ok(from[..n].to_vec())
+    if n > cpus.len() {
+        bail!(
+            "--cores {n} is more than the {} CPU(s) {} given with --cpus, one for each core",
+            cpus.len(),
+            CpuList(cpus)
+        );
+    }
+    Ok(cpus[..n].iter().copied().map(Some).collect())
+}
+
+/// How a member's cores are placed, for its log line: `CPUs 0,1` or `unpinned`.
+pub fn describe(cpus: &[Option<usize>]) -> String {
+    let pinned: Vec<usize> = cpus.iter().flatten().copied().collect();
+    if pinned.is_empty() {
+        "unpinned (no --cpus)".to_string()
+    } else {
+        format!("on CPUs {}", CpuList(&pinned))
+    }
 }
 
 /// One started core: where to spawn onto it, and what it built on its own thread.
 pub struct Core<T> {
     /// Its index, `0..N`.
     pub index: u32,
-    /// The CPU it is pinned to.
-    pub cpu: usize,
+    /// The CPU it is pinned to (`--cpus`), if any.
+    pub cpu: Option<usize>,
     /// Its runtime.
     pub handle: tokio::runtime::Handle,
     /// What `init` built on it (for a member: its context, with its own NATS connection).
@@ -74,11 +81,12 @@ pub struct Cores<T> {
 }
 
 impl<T: Send + Sync + 'static> Cores<T> {
-    /// Starts one core per CPU of `cpus`: a thread `bettong-core-C` pinned to it, running a
+    /// Starts one core per entry of `cpus`: a thread `bettong-core-C`, pinned to the entry's CPU
+    /// if it names one, running a
     /// current-thread runtime (timers and IO enabled) on which `init(C)` builds the core's
     /// `local` before anything is spawned there. Fails, stopping the cores already started, if
     /// a thread cannot be pinned or `init` fails.
-    pub fn start<F, Fut>(cpus: &[usize], init: F) -> anyhow::Result<Cores<T>>
+    pub fn start<F, Fut>(cpus: &[Option<usize>], init: F) -> anyhow::Result<Cores<T>>
     where
         F: Fn(u32) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<T>>,
@@ -97,8 +105,13 @@ impl<T: Send + Sync + 'static> Cores<T> {
             let thread = std::thread::Builder::new()
                 .name(format!("bettong-core-{index}"))
                 .spawn(move || {
-                    let built = set_thread_cpus(&[cpu])
-                        .map_err(anyhow::Error::from)
+                    let pinned = match cpu {
+                        Some(cpu) => set_thread_cpus(&[cpu])
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from),
+                        None => Ok(()),
+                    };
+                    let built = pinned
                         .and_then(|_| {
                             tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
@@ -131,7 +144,7 @@ impl<T: Send + Sync + 'static> Cores<T> {
             let (handle, local) = ready_rx
                 .recv()
                 .context("a core's thread ended while starting")?
-                .with_context(|| format!("core {index} (CPU {cpu}) did not start"))?;
+                .with_context(|| format!("core {index} ({}) did not start", describe(&[cpu])))?;
             started.cores.push(Core {
                 index,
                 cpu,
@@ -176,7 +189,9 @@ mod tests {
 
     #[test]
     fn cores_run_on_their_own_pinned_cpu_with_timers() {
-        let cpus = choose_cpus(1, None).unwrap();
+        let first = bettong_engine::online_cpus()[..1].to_vec();
+        let cpus = choose_cpus(1, Some(&first)).unwrap();
+        assert_eq!(cpus, [Some(first[0])]);
         let cores = Cores::start(&cpus, |i| async move { Ok(i * 10) }).unwrap();
         let core = &cores.cores[0];
         assert_eq!(*core.local, 0);
@@ -194,13 +209,32 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(name.as_deref(), Some("bettong-core-0"));
-        assert_eq!(pinned, cpus);
+        assert_eq!(pinned, first);
+    }
+
+    #[test]
+    fn without_cpus_the_cores_are_not_pinned() {
+        let cpus = choose_cpus(2, None).unwrap();
+        assert_eq!(cpus, [None, None]);
+        let allowed = bettong_engine::placement::thread_cpus().unwrap();
+        let cores = Cores::start(&cpus, |_| async move { Ok(()) }).unwrap();
+        for core in &cores.cores {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let on = rt
+                .block_on(core.spawn(async { bettong_engine::placement::thread_cpus().unwrap() }))
+                .unwrap();
+            assert_eq!(on, allowed, "core {} keeps the process's CPUs", core.index);
+        }
+        assert_eq!(describe(&cpus), "unpinned (no --cpus)");
     }
 
     #[test]
     fn too_many_cores_say_so() {
-        let n = bettong_engine::online_cpus().len() + 1;
-        let e = choose_cpus(n, None).unwrap_err();
+        let online = bettong_engine::online_cpus();
+        let e = choose_cpus(online.len() + 1, Some(&online)).unwrap_err();
         assert!(e.to_string().contains("--cores"), "{e}");
         assert!(choose_cpus(0, None).is_err());
     }

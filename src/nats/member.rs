@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bettong_engine::placement::CpuList;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::cores::{choose_cpus, least_loaded, Cores};
+use super::cores::{choose_cpus, describe, least_loaded, Cores};
 use super::counter::Counter;
 use super::driver::{drive, Outcome};
 use super::lease::{assigned, now_ms, take, Held, MemberRecord, Part, View};
@@ -38,10 +37,9 @@ pub struct MemberOptions {
     pub job: String,
     /// The job's settings (prefix, partitions).
     pub settings: JobSettings,
-    /// Cores: pinned threads, each running a current-thread runtime.
+    /// Cores: threads, each running a current-thread runtime.
     pub cores: usize,
-    /// The CPUs to pin them to, the first `cores` of these (`--cpus`); `None`: the first
-    /// `cores` CPUs this process may use.
+    /// The CPUs to pin them to, the first `cores` of these (`--cpus`); `None`: not pinned.
     pub cpus: Option<Vec<usize>>,
     /// Time between checkpoints of a partition.
     pub checkpoint_interval: Duration,
@@ -159,13 +157,13 @@ async fn run(opts: &MemberOptions, ctx: Arc<Ctx>, cores: &Cores<Ctx>) -> anyhow:
             "cores": cores.cores.iter().map(|c| c.cpu).collect::<Vec<_>>()})
     );
     tracing::info!(
-        "member {} of job {} on {} ({} cores on CPUs {}, {} key partitions, {} input \
+        "member {} of job {} on {} ({} cores {}, {} key partitions, {} input \
          partitions, lease {:?}, checkpoint every {:?})",
         ctx.me,
         opts.job,
         opts.server,
         cores.cores.len(),
-        CpuList(&cores.cores.iter().map(|c| c.cpu).collect::<Vec<_>>()),
+        describe(&cores.cores.iter().map(|c| c.cpu).collect::<Vec<_>>()),
         ctx.job.settings.partitions,
         ctx.job.settings.in_partitions,
         ctx.ttl,

@@ -334,7 +334,7 @@ fn cluster_members_run_each_partition_on_one_pinned_core() {
     let nats = NatsServer::start();
     let url = nats.url("wc6");
     let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
-    let f = [&flags("5s")[..], &["--cores", "2"]].concat();
+    let f = [&flags("5s")[..], &["--cores", "2", "--cpus", "0-1"]].concat();
     let mut a = member(&url, "cores", &f);
     let ready = a.event("ready").expect("a ready line");
     let cpus: Vec<u64> = ready["cores"]
