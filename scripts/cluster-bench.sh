@@ -9,7 +9,9 @@
 # .counts file beside it; MEMBERS default "1 2 3"; BATCH_BYTES default 6400, ~100 frames;
 # REPEAT default 5: the corpus is sent that many times; NATS_PORT: the port of every nats-server
 # it starts, one at a time, default a random one in 20000-39999; ONLY=members or ONLY=events:
-# only the member runs, or only the join/leave/kill events, for A/B comparisons of two builds)
+# only the member runs, or only the join/leave/kill events, for A/B comparisons of two builds;
+# PIN_MEMBERS=0: no --cpus for the members, see member() below; MEMBER_ARGS: more flags for
+# every member, such as "--cores 2")
 set -euo pipefail
 B=${BETTONG:-target/release/bettong}
 CORPUS=$1; shift
@@ -46,7 +48,19 @@ wait_status() {
   done
   echo "job $1 did not settle on $2 members" >&2; exit 1
 }
-member() { "$B" serve --in "$1" --out "$1" --job "$2" >>"$WORK/members.out" 2>>"$WORK/members.log" & PIDS+=("$!"); RUN+=("$!"); LAST=$!; }
+# The members started so far get CPUs round robin: member k runs its one core (--cores 1, the
+# default) pinned to CPU k mod nproc, as members sharing a machine should be placed (without
+# --cpus each would pin its core to the first CPU it may use, all on one). PIN_MEMBERS=0 leaves
+# --cpus out (needed with MEMBER_ARGS="--cores 2": one CPU cannot hold two cores). Builds before
+# members had cores ignore --cpus.
+NCPU=$(nproc); STARTED=0
+member() {
+  local cpus=()
+  [ "${PIN_MEMBERS:-1}" = 1 ] && cpus=(--cpus $((STARTED % NCPU)))
+  STARTED=$((STARTED + 1))
+  # MEMBER_ARGS is split on spaces on purpose: more flags for every member
+  "$B" serve --in "$1" --out "$1" --job "$2" "${cpus[@]}" ${MEMBER_ARGS:-} >>"$WORK/members.out" 2>>"$WORK/members.log" & PIDS+=("$!"); RUN+=("$!"); LAST=$!
+}
 # Prints the largest checkpoint pause and size in the stopped lines of the members so far.
 checkpoint_costs() {
   python3 - "$WORK/members.out" <<'PY'

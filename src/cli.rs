@@ -228,11 +228,12 @@ pub struct ServeArgs {
     #[arg(long = "out", value_name = "HOST:PORT|nats://HOST:PORT/PREFIX")]
     pub output: String,
     /// Cores to run on, one pinned executor each (default: every online core, or every CPU of
-    /// --cpus).
+    /// --cpus; for a cluster member, --job, default 1, and its cores are pinned only when
+    /// --cpus is given).
     #[arg(long)]
     pub cores: Option<usize>,
     /// CPUs to run on, one core pinned to each: a list such as `1`, `2-5` or `0,3` (default:
-    /// the first --cores CPUs this process may use).
+    /// the first --cores CPUs this process may use; a cluster member's cores: not pinned).
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<crate::placement::Cpus>,
     /// Largest accepted frame payload in bytes; a connection sending a larger header is closed.

@@ -76,6 +76,10 @@ pub struct OwnerRecord {
     pub expires_ms: u64,
     /// The last committed checkpoint.
     pub ckpt: Checkpoint,
+    /// Which of the owner's cores runs it (`None` once released, and in records written
+    /// before members had cores: absent from the JSON then, so either side reads the other's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<u32>,
 }
 
 impl OwnerRecord {
@@ -187,21 +191,23 @@ impl Held {
         self.write(kv, record, ttl).await
     }
 
-    /// Gives the partition up (owner `None`), keeping its epoch and checkpoint.
+    /// Gives the partition up (owner and core `None`), keeping its epoch and checkpoint.
     pub async fn release(&mut self, kv: &kv::Store) -> Result<(), LeaseError> {
         let mut record = self.record.clone();
         record.owner = None;
+        record.core = None;
         self.write(kv, record, Duration::ZERO).await
     }
 }
 
-/// Takes `part` for `me`, if the entry is still at `seen` (its revision and value as last read,
-/// `None` when absent): epoch + 1, lease `ttl`. `Ok(None)` when someone else wrote first.
+/// Takes `part` for core `core` of `me`, if the entry is still at `seen` (its revision and value
+/// as last read, `None` when absent): epoch + 1, lease `ttl`. `Ok(None)` when someone else wrote
+/// first.
 pub async fn take(
     kv: &kv::Store,
     part: Part,
     seen: Option<(u64, OwnerRecord)>,
-    me: &str,
+    (me, core): (&str, u32),
     ttl: Duration,
 ) -> anyhow::Result<Option<Held>> {
     let (prev_rev, prev) = seen.unwrap_or_default();
@@ -210,6 +216,7 @@ pub async fn take(
         epoch: prev.epoch + 1,
         expires_ms: now_ms() + ttl.as_millis() as u64,
         ckpt: prev.ckpt,
+        core: Some(core),
     };
     let bytes: bytes::Bytes = serde_json::to_vec(&record)?.into();
     let result = if prev_rev == 0 {
@@ -350,10 +357,23 @@ mod tests {
             epoch: 3,
             expires_ms: 1000,
             ckpt: Checkpoint::default(),
+            core: None,
         };
         assert!(!r.free_at(999));
         assert!(r.free_at(1001));
         r.owner = None;
         assert!(r.free_at(0));
+    }
+
+    #[test]
+    fn records_without_a_core_still_read_and_a_core_is_written_only_when_known() {
+        let old = br#"{"owner":"a","epoch":2,"expires_ms":5,"ckpt":{"pos":7}}"#;
+        let r: OwnerRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!((r.core, r.epoch, r.ckpt.pos), (None, 2, 7));
+        assert!(!serde_json::to_string(&r).unwrap().contains("core"));
+        let with = OwnerRecord { core: Some(1), ..r };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""core":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<OwnerRecord>(&json).unwrap(), with);
     }
 }

@@ -4,7 +4,10 @@
 //! SIGINT it withdraws its heartbeat, hands every partition over (checkpoint, release) and
 //! exits 0.
 //!
-//! All of it runs on one tokio runtime (`--cores` worker threads): the NATS client is tokio-based.
+//! Every partition task runs on exactly one of the member's `--cores` pinned cores
+//! ([`super::cores`]), from its take to its release, with that core's own NATS connection. The
+//! control loop (scans, heartbeats, takes, the hand-over on SIGTERM) runs on the main thread,
+//! unpinned, on a current-thread runtime with a connection of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::cores::{choose_cpus, describe, least_loaded, Cores};
 use super::counter::Counter;
 use super::driver::{drive, Outcome};
 use super::lease::{assigned, now_ms, take, Held, MemberRecord, Part, View};
@@ -33,8 +37,10 @@ pub struct MemberOptions {
     pub job: String,
     /// The job's settings (prefix, partitions).
     pub settings: JobSettings,
-    /// Tokio worker threads.
-    pub threads: usize,
+    /// Cores: threads, each running a current-thread runtime.
+    pub cores: usize,
+    /// The CPUs to pin them to, the first `cores` of these (`--cpus`); `None`: not pinned.
+    pub cpus: Option<Vec<usize>>,
     /// Time between checkpoints of a partition.
     pub checkpoint_interval: Duration,
     /// Lease length.
@@ -57,8 +63,8 @@ pub struct Ctx {
     pub checkpoint_interval: Duration,
     /// Largest accepted frame payload.
     pub max_frame: usize,
-    /// Counters.
-    pub metrics: Metrics,
+    /// Counters, shared by the member's cores.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Ctx {
@@ -78,6 +84,8 @@ impl Ctx {
 }
 
 struct Task {
+    /// The core it runs on.
+    core: u32,
     release: watch::Sender<bool>,
     handle: JoinHandle<anyhow::Result<Outcome>>,
 }
@@ -87,13 +95,39 @@ pub fn serve(opts: &MemberOptions) -> anyhow::Result<()> {
     if opts.lease_ttl < Duration::from_secs(1) {
         anyhow::bail!("--lease-ttl must be at least 1s");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.threads.max(1))
-        .thread_name("bettong-nats")
+    let cpus = choose_cpus(opts.cores, opts.cpus.as_deref())?;
+    let me = member_id();
+    let metrics = Arc::new(Metrics::default());
+    let cores = {
+        let (opts, me, metrics) = (opts.clone(), me.clone(), metrics.clone());
+        Cores::start(&cpus, move |_| {
+            let (opts, me, metrics) = (opts.clone(), me.clone(), metrics.clone());
+            async move { open(&opts, me, metrics).await }
+        })?
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the NATS runtime")?;
-    rt.block_on(run(opts.clone()))
+        .context("cannot start the member's control runtime")?;
+    let ctx = Arc::new(rt.block_on(open(opts, me, metrics))?);
+    let result = rt.block_on(run(opts, ctx, &cores));
+    drop(cores);
+    result
+}
+
+/// Connects to NATS and opens the job: one [`Ctx`] per core, and one for the control loop.
+async fn open(opts: &MemberOptions, me: String, metrics: Arc<Metrics>) -> anyhow::Result<Ctx> {
+    let (_client, js) = connect(&opts.server).await?;
+    let job = ensure_job(&js, &opts.job, opts.settings.clone()).await?;
+    Ok(Ctx {
+        job,
+        me,
+        ttl: opts.lease_ttl,
+        margin: opts.lease_ttl / 5,
+        checkpoint_interval: opts.checkpoint_interval,
+        max_frame: opts.max_frame,
+        metrics,
+    })
 }
 
 fn member_id() -> String {
@@ -111,18 +145,7 @@ fn member_id() -> String {
     format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
-async fn run(opts: MemberOptions) -> anyhow::Result<()> {
-    let (_client, js) = connect(&opts.server).await?;
-    let job = ensure_job(&js, &opts.job, opts.settings.clone()).await?;
-    let ctx = Arc::new(Ctx {
-        job,
-        me: member_id(),
-        ttl: opts.lease_ttl,
-        margin: opts.lease_ttl / 5,
-        checkpoint_interval: opts.checkpoint_interval,
-        max_frame: opts.max_frame,
-        metrics: Metrics::default(),
-    });
+async fn run(opts: &MemberOptions, ctx: Arc<Ctx>, cores: &Cores<Ctx>) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     heartbeat(&ctx).await?;
@@ -130,14 +153,17 @@ async fn run(opts: MemberOptions) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"event": "ready", "member": ctx.me, "job": opts.job,
             "prefix": ctx.job.settings.prefix, "partitions": ctx.job.settings.partitions,
-            "in_partitions": ctx.job.settings.in_partitions})
+            "in_partitions": ctx.job.settings.in_partitions,
+            "cores": cores.cores.iter().map(|c| c.cpu).collect::<Vec<_>>()})
     );
     tracing::info!(
-        "member {} of job {} on {} ({} key partitions, {} input partitions, lease {:?}, \
-         checkpoint every {:?})",
+        "member {} of job {} on {} ({} cores {}, {} key partitions, {} input \
+         partitions, lease {:?}, checkpoint every {:?})",
         ctx.me,
         opts.job,
         opts.server,
+        cores.cores.len(),
+        describe(&cores.cores.iter().map(|c| c.cpu).collect::<Vec<_>>()),
         ctx.job.settings.partitions,
         ctx.job.settings.in_partitions,
         ctx.ttl,
@@ -166,7 +192,8 @@ async fn run(opts: MemberOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        rebalance(&ctx, &view, &mut tasks).await;
+        rebalance(&ctx, cores, &view, &mut tasks).await;
+        even_out(&ctx, cores, &tasks);
     }
     leave(&ctx, tasks).await
 }
@@ -215,7 +242,12 @@ async fn reap(tasks: &mut HashMap<Part, Task>, ctx: &Ctx) {
 
 /// Takes what the balance gives this member and is free; releases what it gives to another
 /// live member.
-async fn rebalance(ctx: &Arc<Ctx>, view: &View, tasks: &mut HashMap<Part, Task>) {
+async fn rebalance(
+    ctx: &Arc<Ctx>,
+    cores: &Cores<Ctx>,
+    view: &View,
+    tasks: &mut HashMap<Part, Task>,
+) {
     let now = now_ms();
     let mut members = view.live_members(now);
     if !members.contains(&ctx.me) {
@@ -245,17 +277,18 @@ async fn rebalance(ctx: &Arc<Ctx>, view: &View, tasks: &mut HashMap<Part, Task>)
         if !free {
             continue;
         }
-        match take(&ctx.job.kv, part, seen, &ctx.me, ctx.ttl).await {
+        let core = least_loaded(&loads(cores, tasks, part));
+        match take(&ctx.job.kv, part, seen, (&ctx.me, core), ctx.ttl).await {
             Ok(Some(held)) => {
                 Metrics::add(&ctx.metrics.takes, 1);
                 tracing::info!(
-                    "member {} took partition {} (epoch {}, checkpoint at {})",
+                    "member {} took partition {} on core {core} (epoch {}, checkpoint at {})",
                     ctx.me,
                     part.key(),
                     held.record.epoch,
                     held.record.ckpt.pos
                 );
-                tasks.insert(part, spawn(ctx.clone(), held));
+                tasks.insert(part, spawn(cores, core, held));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("{e:#}"),
@@ -263,9 +296,66 @@ async fn rebalance(ctx: &Arc<Ctx>, view: &View, tasks: &mut HashMap<Part, Task>)
     }
 }
 
-fn spawn(ctx: Arc<Ctx>, held: Held) -> Task {
+/// How many partitions of `part`'s kind (input or key) each core runs, not counting those
+/// being released.
+fn loads(cores: &Cores<Ctx>, tasks: &HashMap<Part, Task>, part: Part) -> Vec<usize> {
+    let mut loads = vec![0; cores.cores.len()];
+    for (p, t) in tasks {
+        if same_kind(*p, part) && !*t.release.borrow() {
+            loads[t.core as usize] += 1;
+        }
+    }
+    loads
+}
+
+fn same_kind(a: Part, b: Part) -> bool {
+    matches!(a, Part::In(_)) == matches!(b, Part::In(_))
+}
+
+/// Evens the member's cores out, when nothing is being released: if one core runs two or more
+/// partitions of a kind than another (after the member released some to a joining member, say),
+/// it releases one of them (checkpoint, release), and the next scan takes it again onto the
+/// least-loaded core. One partition per scan, like any clean hand-over: no output repeats.
+fn even_out(ctx: &Ctx, cores: &Cores<Ctx>, tasks: &HashMap<Part, Task>) {
+    if cores.cores.len() < 2 || tasks.values().any(|t| *t.release.borrow()) {
+        return;
+    }
+    for kind in [Part::In(0), Part::Key(0)] {
+        let loads = loads(cores, tasks, kind);
+        let (busiest, most) = loads
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, &n)| (n, std::cmp::Reverse(i)))
+            .map(|(i, &n)| (i as u32, n))
+            .unwrap_or_default();
+        let idlest = least_loaded(&loads);
+        if most < loads[idlest as usize] + 2 {
+            continue;
+        }
+        let moving = tasks
+            .iter()
+            .filter(|(p, t)| same_kind(**p, kind) && t.core == busiest)
+            .map(|(p, _)| *p)
+            .max();
+        if let Some(part) = moving {
+            tracing::info!(
+                "member {} moves partition {} from core {busiest} to core {idlest} (its cores \
+                 run {loads:?} partitions of its kind): release, then take again",
+                ctx.me,
+                part.key()
+            );
+            let _ = tasks[&part].release.send(true);
+            return;
+        }
+    }
+}
+
+/// Runs partition `held` on core `core`, with that core's context (and NATS connection).
+fn spawn(cores: &Cores<Ctx>, core: u32, held: Held) -> Task {
     let (release, rx) = watch::channel(false);
-    let handle = tokio::spawn(async move {
+    let on = &cores.cores[core as usize];
+    let ctx = on.local.clone();
+    let handle = on.spawn(async move {
         match held.part {
             Part::In(i) => {
                 let work = Splitter::new(ctx.clone(), i, held.record.ckpt.pos);
@@ -281,7 +371,11 @@ fn spawn(ctx: Arc<Ctx>, held: Held) -> Task {
             }
         }
     });
-    Task { release, handle }
+    Task {
+        core,
+        release,
+        handle,
+    }
 }
 
 /// SIGTERM: withdraw the heartbeat (the others rebalance without us), hand every partition

@@ -17,6 +17,7 @@
 
 pub mod address;
 pub mod cli;
+pub mod cores;
 pub mod counter;
 pub mod driver;
 pub mod engine_sink;

@@ -1,6 +1,7 @@
 //! `bettong cluster status --nats nats://HOST:PORT --job NAME [--json]`: the members, which
-//! partitions each owns, each partition's last committed checkpoint, and the lag: messages
-//! not yet consumed past the checkpoint's position, on the input and the repartition stream.
+//! partitions each owns and on which of its cores, each partition's last committed checkpoint,
+//! and the lag: messages not yet consumed past the checkpoint's position, on the input and the
+//! repartition stream.
 
 use std::collections::BTreeMap;
 
@@ -59,7 +60,8 @@ async fn read(server: &str, job: &str) -> anyhow::Result<Value> {
     let view = View::read(&kv).await?;
     let now = now_ms();
     let live = view.live_members(now);
-    let mut owned: BTreeMap<String, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+    // Per live owner: its input and key partitions, and the same per core.
+    let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
     let mut parts = Vec::new();
     let (mut input_lag, mut rp_lag) = (0, 0);
     let all: Vec<Part> = (0..settings.in_partitions)
@@ -93,16 +95,18 @@ async fn read(server: &str, job: &str) -> anyhow::Result<Value> {
         let owner = rec
             .filter(|r| !r.free_at(now))
             .and_then(|r| r.owner.clone());
+        let core = owner.as_ref().and(rec.and_then(|r| r.core));
         if let Some(o) = &owner {
             let e = owned.entry(o.clone()).or_default();
-            match part {
-                Part::In(i) => e.0.push(i),
-                Part::Key(q) => e.1.push(q),
+            e.all.add(part);
+            if let Some(c) = core {
+                e.cores.entry(c).or_default().add(part);
             }
         }
         parts.push(json!({
             "partition": part.key(),
             "owner": owner,
+            "core": core,
             "epoch": rec.map(|r| r.epoch).unwrap_or(0),
             "lease_left_ms": rec.map(|r| r.expires_ms.saturating_sub(now)).unwrap_or(0),
             "checkpoint": rec.map(|r| json!({
@@ -116,14 +120,22 @@ async fn read(server: &str, job: &str) -> anyhow::Result<Value> {
     let members: Vec<Value> = live
         .iter()
         .map(|id| {
-            let (ins, kps) = owned.get(id).cloned().unwrap_or_default();
+            let o = owned.get(id).cloned().unwrap_or_default();
             let pid = view.members.iter().find(|m| &m.id == id).map(|m| m.pid);
-            json!({"id": id, "pid": pid, "input_partitions": ins, "key_partitions": kps})
+            let cores: Vec<Value> = o
+                .cores
+                .iter()
+                .map(
+                    |(c, p)| json!({"core": c, "input_partitions": p.ins, "key_partitions": p.kps}),
+                )
+                .collect();
+            json!({"id": id, "pid": pid, "input_partitions": o.all.ins,
+                "key_partitions": o.all.kps, "cores": cores})
         })
         .collect();
     let key_counts: Vec<usize> = live
         .iter()
-        .map(|id| owned.get(id).map(|o| o.1.len()).unwrap_or(0))
+        .map(|id| owned.get(id).map(|o| o.all.kps.len()).unwrap_or(0))
         .collect();
     let unowned = parts.iter().filter(|p| p["owner"].is_null()).count();
     let balanced = unowned == 0
@@ -141,6 +153,29 @@ async fn read(server: &str, job: &str) -> anyhow::Result<Value> {
         "repartition_lag": rp_lag,
         "partition_details": parts,
     }))
+}
+
+/// Input and key partitions.
+#[derive(Debug, Clone, Default)]
+struct Parts {
+    ins: Vec<u32>,
+    kps: Vec<u32>,
+}
+
+impl Parts {
+    fn add(&mut self, part: Part) {
+        match part {
+            Part::In(i) => self.ins.push(i),
+            Part::Key(q) => self.kps.push(q),
+        }
+    }
+}
+
+/// What one member owns, in all and per core (partitions whose record names a core).
+#[derive(Debug, Clone, Default)]
+struct Owned {
+    all: Parts,
+    cores: BTreeMap<u32, Parts>,
 }
 
 /// The status as a few lines for people.
@@ -166,13 +201,24 @@ pub fn human(status: &Value) -> String {
             m["input_partitions"],
             m["key_partitions"]
         );
+        for c in m["cores"].as_array().into_iter().flatten() {
+            out += &format!(
+                "    core {}: input partitions {}, key partitions {}\n",
+                c["core"], c["input_partitions"], c["key_partitions"]
+            );
+        }
     }
     for p in status["partition_details"].as_array().into_iter().flatten() {
         let c = &p["checkpoint"];
+        let owner = match (p["owner"].as_str(), p["core"].as_u64()) {
+            (Some(o), Some(core)) => format!("{o}/core {core}"),
+            (Some(o), None) => o.to_string(),
+            (None, _) => "-".into(),
+        };
         out += &format!(
-            "  {:<6} owner {:<40} epoch {:<4} checkpoint pos {:<8} {} bytes, {} keys, lag {}\n",
+            "  {:<6} owner {:<48} epoch {:<4} checkpoint pos {:<8} {} bytes, {} keys, lag {}\n",
             p["partition"].as_str().unwrap_or(""),
-            p["owner"].as_str().unwrap_or("-"),
+            owner,
             p["epoch"],
             c["pos"],
             c["bytes"],

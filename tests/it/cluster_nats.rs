@@ -262,6 +262,130 @@ fn cluster_clean_join_and_leave_repeat_no_output() {
     drop(b);
 }
 
+/// Checks that in status `s` every owned partition names one core in `0..cores` of its owner,
+/// and that each member's cores run even shares of its input and of its key partitions (within
+/// one); `Err` says what is wrong.
+fn cores_even(s: &serde_json::Value, cores: u64) -> Result<(), String> {
+    let mut per: HashMap<(String, bool, u64), usize> = HashMap::new();
+    for p in s["partition_details"]
+        .as_array()
+        .ok_or("no partition details")?
+    {
+        let owner = p["owner"].as_str().ok_or(format!("unowned: {p}"))?;
+        let core = p["core"].as_u64().ok_or(format!("no core: {p}"))?;
+        if core >= cores {
+            return Err(format!("core {core} is not one of 0..{cores}: {p}"));
+        }
+        let input = p["partition"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("in."));
+        *per.entry((owner.to_string(), input, core)).or_default() += 1;
+    }
+    for m in s["members"].as_array().ok_or("no members")? {
+        let id = m["id"].as_str().unwrap_or_default().to_string();
+        for input in [true, false] {
+            let n: Vec<usize> = (0..cores)
+                .map(|c| per.get(&(id.clone(), input, c)).copied().unwrap_or(0))
+                .collect();
+            let (lo, hi) = (n.iter().min(), n.iter().max());
+            if hi.unwrap_or(&0) - lo.unwrap_or(&0) > 1 || n.iter().sum::<usize>() == 0 {
+                return Err(format!(
+                    "member {id}'s cores run {n:?} {} partitions",
+                    if input { "input" } else { "key" }
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs each `bettong-core-C` thread of process `pid` may run on, by C.
+fn core_threads(pid: u32) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the member's threads") {
+        let dir = task.expect("a thread").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        if name.starts_with("bettong-core-") {
+            found.push((name.trim().to_string(), cpus.trim().to_string()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Waits until job `cores` has settled on `members` members with even cores ([`cores_even`]);
+/// returns its status.
+#[track_caller]
+fn settle_on_2_cores(nats: &NatsServer, members: usize, what: &str) -> serde_json::Value {
+    let (s, took) = wait_status(nats, "cores", SETTLE, |s| {
+        settled(s, members) && cores_even(s, 2).is_ok()
+    });
+    assert!(took.is_some(), "{what}: {:?}: {s}", cores_even(&s, 2));
+    s
+}
+
+#[test]
+fn cluster_members_run_each_partition_on_one_pinned_core() {
+    let nats = NatsServer::start();
+    let url = nats.url("wc6");
+    let corpus = Corpus::new(&nats.dir, seed(), 3, 1500, None);
+    let f = [&flags("5s")[..], &["--cores", "2", "--cpus", "0-1"]].concat();
+    let mut a = member(&url, "cores", &f);
+    let ready = a.event("ready").expect("a ready line");
+    let cpus: Vec<u64> = ready["cores"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c.as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(cpus.len(), 2, "two cores, on CPUs: {ready}");
+    assert_ne!(cpus[0], cpus[1], "each core on its own CPU: {ready}");
+    let pinned: Vec<(String, String)> = (0..2)
+        .map(|c| (format!("bettong-core-{c}"), cpus[c].to_string()))
+        .collect();
+    assert_eq!(
+        core_threads(a.pid()),
+        pinned,
+        "one thread per core, pinned to its CPU"
+    );
+    send_file(&url, &corpus.parts[0], I);
+    let s = settle_on_2_cores(&nats, 1, "one member with 2 cores");
+    let mine = &s["members"][0];
+    let by_core: Vec<usize> = mine["cores"]
+        .as_array()
+        .expect("the member's cores")
+        .iter()
+        .map(|c| c["key_partitions"].as_array().map_or(0, |k| k.len()))
+        .collect();
+    assert_eq!(by_core, [8, 8], "16 key partitions over 2 cores: {mine}");
+    // A second member with 2 cores: the first releases half its partitions, whatever cores
+    // they ran on, then evens its own cores out again.
+    let b = member(&url, "cores", &f);
+    send_file(&url, &corpus.parts[1], I);
+    settle_on_2_cores(&nats, 2, "2 members with 2 cores each");
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(WAIT).success(),
+        "SIGTERM must exit 0: {}",
+        a.stderr()
+    );
+    send_file(&url, &corpus.parts[2], I);
+    settle_on_2_cores(
+        &nats,
+        1,
+        "the leave's partitions over the other member's cores",
+    );
+    let report = assert_valid(&url, &corpus, true);
+    assert_eq!(
+        report["repeats"], 0,
+        "moves between cores are clean hand-overs: {report}"
+    );
+    drop(b);
+}
+
 /// Sends `parts` one after another from a thread, `pause` apart, so that the test's events
 /// happen while input flows.
 fn feed(url: &str, parts: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
