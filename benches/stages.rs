@@ -184,6 +184,22 @@ fn stages(c: &mut Criterion) {
             shard.len()
         })
     });
+    // The same, prefetching each word's slot 8 words ahead, as a core applies a batch.
+    g.bench_function(format!("{id}/prefetch8"), |b| {
+        let mut shard: Shard<str, u64> = Shard::new();
+        for (w, &h) in fx.words.iter().zip(&fx.hashes) {
+            *shard.get_or_insert_with(h, w.as_str(), |_| 0) += 1;
+        }
+        b.iter(|| {
+            for (i, (w, &h)) in fx.words.iter().zip(&fx.hashes).enumerate() {
+                if let Some(&ahead) = fx.hashes.get(i + 8) {
+                    shard.prefetch(ahead);
+                }
+                *shard.get_or_insert_with(black_box(h), w.as_str(), |_| 0) += 1;
+            }
+            shard.len()
+        })
+    });
     g.finish();
 
     // Encode one `word => count\n` line per word into a sink chunk.
