@@ -181,58 +181,25 @@ pub struct Words<'a> {
 impl<'a> Words<'a> {
     /// The next piece stripped of [`PUNCT`], not yet lowercased, and whether it needs
     /// lowercasing (it holds an ASCII uppercase letter or a non-ASCII character).
-    ///
-    /// Scans a piece eight bytes at a time ([`swar`]) for its end and its need of lowercasing.
-    /// Skipping the separators before it (nearly always one) and stripping [`PUNCT`] at its two
-    /// ends (a byte or two) stay byte by byte: a SWAR skip measured the same (tuning.md).
     #[inline]
     fn next_core(&mut self) -> Option<(&'a str, bool)> {
-        let text = self.text;
-        let bytes = text.as_bytes();
-        let len = bytes.len();
-        let mut i = self.pos;
-        loop {
-            // Skip a run of separators, byte by byte: nearly always one byte.
-            while i < len && class(bytes[i]) & SEP != 0 {
-                i += 1;
-            }
-            if i == len {
-                self.pos = len;
-                return None;
-            }
-            // Scan the piece to the next separator or the end, noting whether anything in it
-            // needs lowercasing. PUNCT bytes are lowercase ASCII, so the flag over the piece
-            // equals the flag over its core.
-            let start = i;
-            let mut needs_lower = 0;
-            let end = loop {
-                if i >= len {
-                    break len;
-                }
-                let (x, pad) = swar::chunk(bytes, i);
-                let seps = swar::separators(x) | pad;
-                if seps != 0 {
-                    // Bits up to and including the first separator's top bit: the bytes of
-                    // the piece, and the separator, which never needs lowercasing.
-                    needs_lower |= swar::needs_lower(x) & (seps ^ (seps - 1));
-                    break i + swar::first_byte(seps);
-                }
-                needs_lower |= swar::needs_lower(x);
-                i += 8;
-            };
-            i = end;
-            if let Some(core) = strip(text, start, end) {
-                self.pos = end;
-                return Some((core, needs_lower != 0));
-            }
-        }
+        self.next_core_by(scan_piece)
     }
 
-    /// [`Words::next_core`] one byte at a time with the [`CLASS`] table: the splitter before
-    /// the SWAR scan, kept as the reference the property tests and the `split` bench compare
-    /// it with.
+    /// [`Words::next_core`] with the byte-at-a-time scan ([`scan_piece_scalar`]).
     #[inline]
     fn next_core_scalar(&mut self) -> Option<(&'a str, bool)> {
+        self.next_core_by(scan_piece_scalar)
+    }
+
+    /// The next piece, its end found by `scan`, stripped of [`PUNCT`]. Skipping the separators
+    /// before a piece (nearly always one) and stripping its ends (a byte or two) go byte by
+    /// byte: a SWAR skip measured the same (tuning.md, "Issue 11, point 6").
+    #[inline(always)]
+    fn next_core_by(
+        &mut self,
+        scan: impl Fn(&[u8], usize) -> (usize, bool),
+    ) -> Option<(&'a str, bool)> {
         let text = self.text;
         let bytes = text.as_bytes();
         let len = bytes.len();
@@ -246,21 +213,12 @@ impl<'a> Words<'a> {
                 self.pos = len;
                 return None;
             }
-            // Scan the piece, noting whether anything in it needs lowercasing.
             let start = i;
-            let mut needs_lower = 0;
-            while i < len {
-                let c = class(bytes[i]);
-                if c & SEP != 0 {
-                    break;
-                }
-                needs_lower |= c;
-                i += 1;
-            }
-            let end = i;
+            let (end, needs_lower) = scan(bytes, start);
+            i = end;
             if let Some(core) = strip(text, start, end) {
                 self.pos = end;
-                return Some((core, needs_lower & LOW != 0));
+                return Some((core, needs_lower));
             }
         }
     }
@@ -281,6 +239,48 @@ impl<'a> Words<'a> {
             }
         }
     }
+}
+
+/// Where the piece starting at `start` (not a separator) ends, the next separator or the end
+/// of `bytes`, and whether it needs lowercasing, eight bytes at a time ([`swar`]). PUNCT bytes
+/// are lowercase ASCII, so the flag over the piece equals the flag over its core.
+#[inline(always)]
+fn scan_piece(bytes: &[u8], start: usize) -> (usize, bool) {
+    let len = bytes.len();
+    let mut i = start;
+    let mut needs_lower = 0;
+    loop {
+        if i >= len {
+            return (len, needs_lower != 0);
+        }
+        let (x, pad) = swar::chunk(bytes, i);
+        let seps = swar::separators(x) | pad;
+        if seps != 0 {
+            // Bits up to and including the first separator's top bit: the bytes of the
+            // piece, and the separator, which never needs lowercasing.
+            needs_lower |= swar::needs_lower(x) & (seps ^ (seps - 1));
+            return (i + swar::first_byte(seps), needs_lower != 0);
+        }
+        needs_lower |= swar::needs_lower(x);
+        i += 8;
+    }
+}
+
+/// [`scan_piece`] one byte at a time with the [`CLASS`] table: the splitter before the SWAR
+/// scan, kept as the reference the property tests and the `split` bench compare it with.
+#[inline(always)]
+fn scan_piece_scalar(bytes: &[u8], start: usize) -> (usize, bool) {
+    let mut i = start;
+    let mut needs_lower = 0;
+    while i < bytes.len() {
+        let c = class(bytes[i]);
+        if c & SEP != 0 {
+            break;
+        }
+        needs_lower |= c;
+        i += 1;
+    }
+    (i, needs_lower & LOW != 0)
 }
 
 /// `text[start..end]`, a piece, stripped of [`PUNCT`] at both ends; None if nothing is left.
