@@ -20,7 +20,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bettong::app::encode_line;
-use bettong::split::words;
+use bettong::split::{scalar_words, words};
 use bettong::synth::zipf_corpus;
 use bettong_engine::codec::{FrameDecoder, DEFAULT_MAX_FRAME};
 use bettong_engine::key::SmallStr;
@@ -108,6 +108,22 @@ fn group<'c>(
     g
 }
 
+/// Splits every payload of the corpus with `split`, counting the words.
+fn split_all<'a, I: Iterator<Item = std::borrow::Cow<'a, str>>>(
+    fx: &'a Fixture,
+    split: impl Fn(&'a str) -> I,
+) -> usize {
+    let mut n = 0usize;
+    for p in &fx.payloads {
+        for w in split(black_box(p)) {
+            black_box(&w);
+            n += 1;
+        }
+    }
+    assert_eq!(n as u64, fx.word_count());
+    n
+}
+
 fn stages(c: &mut Criterion) {
     let fx = Fixture::new();
     let id = format!("{MESSAGES}msgs");
@@ -129,20 +145,12 @@ fn stages(c: &mut Criterion) {
     });
     g.finish();
 
-    // Split every payload into words (lowercasing, punctuation stripping), counting them.
+    // Split every payload into words (lowercasing, punctuation stripping), counting them: the
+    // splitter, then the byte-at-a-time scan it replaced (`scalar`), side by side.
     let mut g = group(c, "split", &fx);
-    g.bench_function(&id, |b| {
-        b.iter(|| {
-            let mut n = 0usize;
-            for p in &fx.payloads {
-                for w in words(black_box(p)) {
-                    black_box(&w);
-                    n += 1;
-                }
-            }
-            assert_eq!(n as u64, fx.word_count());
-            n
-        })
+    g.bench_function(&id, |b| b.iter(|| split_all(&fx, words)));
+    g.bench_function(format!("{id}/scalar"), |b| {
+        b.iter(|| split_all(&fx, scalar_words))
     });
     g.finish();
 
@@ -171,6 +179,22 @@ fn stages(c: &mut Criterion) {
         }
         b.iter(|| {
             for (w, &h) in fx.words.iter().zip(&fx.hashes) {
+                *shard.get_or_insert_with(black_box(h), w.as_str(), |_| 0) += 1;
+            }
+            shard.len()
+        })
+    });
+    // The same, prefetching each word's slot 8 words ahead, as a core applies a batch.
+    g.bench_function(format!("{id}/prefetch8"), |b| {
+        let mut shard: Shard<str, u64> = Shard::new();
+        for (w, &h) in fx.words.iter().zip(&fx.hashes) {
+            *shard.get_or_insert_with(h, w.as_str(), |_| 0) += 1;
+        }
+        b.iter(|| {
+            for (i, (w, &h)) in fx.words.iter().zip(&fx.hashes).enumerate() {
+                if let Some(&ahead) = fx.hashes.get(i + 8) {
+                    shard.prefetch(ahead);
+                }
                 *shard.get_or_insert_with(black_box(h), w.as_str(), |_| 0) += 1;
             }
             shard.len()

@@ -9,8 +9,9 @@
 //! 4. drop empty words.
 //!
 //! This is the hot path of the word-count server, so the splitter is zero-copy and
-//! allocation-free for the common case: the scan is a hand-written loop over bytes with a lookup
-//! table (no `char` decoding), and a word that is already lowercase ASCII is yielded as a
+//! allocation-free for the common case: the scan finds the end of a word eight bytes at a time
+//! with bit tricks on a `u64` (no `char` decoding, no `unsafe`), and a word that is already
+//! lowercase ASCII is yielded as a
 //! [`Cow::Borrowed`] slice of the message. Only words holding an ASCII uppercase letter or any
 //! non-ASCII character are lowercased into a fresh [`String`].
 //!
@@ -182,6 +183,23 @@ impl<'a> Words<'a> {
     /// lowercasing (it holds an ASCII uppercase letter or a non-ASCII character).
     #[inline]
     fn next_core(&mut self) -> Option<(&'a str, bool)> {
+        self.next_core_by(scan_piece)
+    }
+
+    /// [`Words::next_core`] with the byte-at-a-time scan ([`scan_piece_scalar`]).
+    #[inline]
+    fn next_core_scalar(&mut self) -> Option<(&'a str, bool)> {
+        self.next_core_by(scan_piece_scalar)
+    }
+
+    /// The next piece, its end found by `scan`, stripped of [`PUNCT`]. Skipping the separators
+    /// before a piece (nearly always one) and stripping its ends (a byte or two) go byte by
+    /// byte: a SWAR skip measured the same (tuning.md, "Issue 11, point 6").
+    #[inline(always)]
+    fn next_core_by(
+        &mut self,
+        scan: impl Fn(&[u8], usize) -> (usize, bool),
+    ) -> Option<(&'a str, bool)> {
         let text = self.text;
         let bytes = text.as_bytes();
         let len = bytes.len();
@@ -195,35 +213,237 @@ impl<'a> Words<'a> {
                 self.pos = len;
                 return None;
             }
-            // Scan the piece, noting whether anything in it needs lowercasing. PUNCT bytes are
-            // lowercase ASCII, so the flag over the piece equals the flag over its core.
             let start = i;
-            let mut needs_lower = 0;
-            while i < len {
-                let c = class(bytes[i]);
-                if c & SEP != 0 {
-                    break;
-                }
-                needs_lower |= c;
-                i += 1;
+            let (end, needs_lower) = scan(bytes, start);
+            i = end;
+            if let Some(core) = strip(text, start, end) {
+                self.pos = end;
+                return Some((core, needs_lower));
             }
-            let end = i;
-            // Strip PUNCT at both ends. Separators and PUNCT are ASCII, so `s` and `e` fall on
-            // char boundaries and the slice below cannot panic.
-            let mut s = start;
-            while s < end && class(bytes[s]) & PUN != 0 {
-                s += 1;
-            }
-            let mut e = end;
-            while e > s && class(bytes[e - 1]) & PUN != 0 {
-                e -= 1;
-            }
-            if s == e {
-                continue; // empty or punctuation-only piece
-            }
-            self.pos = end;
-            return Some((&text[s..e], needs_lower & LOW != 0));
         }
+    }
+
+    /// The next word, its core found by `next_core` (one of the two scans above).
+    #[inline(always)]
+    fn next_word(
+        &mut self,
+        next_core: fn(&mut Self) -> Option<(&'a str, bool)>,
+    ) -> Option<Cow<'a, str>> {
+        loop {
+            let (core, needs_lower) = next_core(self)?;
+            if !needs_lower {
+                return Some(Cow::Borrowed(core));
+            }
+            if let Some(lower) = lowercase_core(core) {
+                return Some(Cow::Owned(lower));
+            }
+        }
+    }
+}
+
+/// Where the piece starting at `start` (not a separator) ends, the next separator or the end
+/// of `bytes`, and whether it needs lowercasing, eight bytes at a time ([`swar`]). PUNCT bytes
+/// are lowercase ASCII, so the flag over the piece equals the flag over its core.
+#[inline(always)]
+fn scan_piece(bytes: &[u8], start: usize) -> (usize, bool) {
+    let len = bytes.len();
+    let mut i = start;
+    let mut needs_lower = 0;
+    loop {
+        if i >= len {
+            return (len, needs_lower != 0);
+        }
+        let (x, pad) = swar::chunk(bytes, i);
+        let seps = swar::separators(x) | pad;
+        if seps != 0 {
+            // Bits up to and including the first separator's top bit: the bytes of the
+            // piece, and the separator, which never needs lowercasing.
+            needs_lower |= swar::needs_lower(x) & (seps ^ (seps - 1));
+            return (i + swar::first_byte(seps), needs_lower != 0);
+        }
+        needs_lower |= swar::needs_lower(x);
+        i += 8;
+    }
+}
+
+/// [`scan_piece`] one byte at a time with the [`CLASS`] table: the splitter before the SWAR
+/// scan, kept as the reference the property tests and the `split` bench compare it with.
+#[inline(always)]
+fn scan_piece_scalar(bytes: &[u8], start: usize) -> (usize, bool) {
+    let mut i = start;
+    let mut needs_lower = 0;
+    while i < bytes.len() {
+        let c = class(bytes[i]);
+        if c & SEP != 0 {
+            break;
+        }
+        needs_lower |= c;
+        i += 1;
+    }
+    (i, needs_lower & LOW != 0)
+}
+
+/// `text[start..end]`, a piece, stripped of [`PUNCT`] at both ends; None if nothing is left.
+/// Separators and PUNCT are ASCII, so the cuts fall on char boundaries and cannot panic.
+#[inline(always)]
+fn strip(text: &str, start: usize, end: usize) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut s = start;
+    while s < end && class(bytes[s]) & PUN != 0 {
+        s += 1;
+    }
+    let mut e = end;
+    while e > s && class(bytes[e - 1]) & PUN != 0 {
+        e -= 1;
+    }
+    (s < e).then(|| &text[s..e])
+}
+
+/// SWAR ("SIMD within a register"): classifying eight bytes at once in a `u64`, without
+/// `unsafe` or platform intrinsics. Byte `k` of a chunk is the message's byte `i + k` (a
+/// little-endian load), and every mask below marks a byte by setting its top bit.
+///
+/// Every test works on the low seven bits of each byte (`x & !HI`), to which it adds a per-byte
+/// constant below `0x80`: the sum stays below `0x100`, so no carry crosses into the next byte
+/// and each test is exact, not the usual "may report false positives above the first hit"
+/// zero-byte trick. Bytes with the top bit set (the bytes of non-ASCII characters) are then
+/// taken out of the separator test and into the needs-lowercasing one.
+mod swar {
+    /// `0x01` in every byte.
+    const LO: u64 = 0x0101_0101_0101_0101;
+    /// `0x80` in every byte: the bit each mask sets.
+    pub(super) const HI: u64 = 0x8080_8080_8080_8080;
+
+    /// Top bit of each byte set iff it is at least `n` (for `n` in `1..=0x80`), looking at its
+    /// low seven bits only.
+    #[inline(always)]
+    const fn at_least(low7: u64, n: u8) -> u64 {
+        low7 + LO * (0x80 - n as u64)
+    }
+
+    /// Top bit set in each byte that is a separator: `\t`, `\n`, VT, FF, `\r` (9..=13) or space.
+    #[inline(always)]
+    pub(super) const fn separators(x: u64) -> u64 {
+        let low7 = x & !HI;
+        let controls = at_least(low7, 9) & !at_least(low7, 14);
+        // A byte of `low7 ^ 0x20` is zero iff the byte is a space (its top bit aside); adding
+        // 0x7f sets the top bit of every byte but the zero ones.
+        let spaces = !((low7 ^ (LO * 0x20)) + LO * 0x7f);
+        (controls | spaces) & !x & HI
+    }
+
+    /// Top bit set in each byte that needs lowercasing: `A`..=`Z`, or any non-ASCII byte.
+    #[inline(always)]
+    pub(super) const fn needs_lower(x: u64) -> u64 {
+        let low7 = x & !HI;
+        let upper = at_least(low7, b'A') & !at_least(low7, b'Z' + 1);
+        (upper | x) & HI
+    }
+
+    /// Index of the first byte (the lowest) whose top bit is set in a non-zero mask.
+    #[inline(always)]
+    pub(super) const fn first_byte(mask: u64) -> usize {
+        (mask.trailing_zeros() / 8) as usize
+    }
+
+    /// The eight bytes from `i` (`i < bytes.len()`), and a mask marking the ones past the end
+    /// of `bytes`, which read as 0 and are to be taken as separators. Near the end of a message
+    /// of at least eight bytes, its last eight bytes are loaded and shifted down, so that only
+    /// messages shorter than eight bytes pay for a copy.
+    #[inline(always)]
+    pub(super) fn chunk(bytes: &[u8], i: usize) -> (u64, u64) {
+        let len = bytes.len();
+        if i + 8 <= len {
+            return (load(bytes, i), 0);
+        }
+        let rest = len - i; // 1..=7
+        let past_end = HI << (8 * rest);
+        if len >= 8 {
+            (load(bytes, len - 8) >> (8 * (8 - rest)), past_end)
+        } else {
+            let mut buf = [0u8; 8];
+            buf[..rest].copy_from_slice(&bytes[i..]);
+            (u64::from_le_bytes(buf), past_end)
+        }
+    }
+
+    #[inline(always)]
+    fn load(bytes: &[u8], i: usize) -> u64 {
+        let eight: [u8; 8] = bytes[i..i + 8].try_into().expect("eight bytes");
+        u64::from_le_bytes(eight)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::split::{class, LOW, SEP};
+
+        /// Every byte value in every one of the eight positions, with every other position
+        /// holding each byte class: the masks agree with the lookup table.
+        #[test]
+        fn masks_agree_with_the_class_table() {
+            for b in 0..=255u8 {
+                for fill in [0u8, b' ', b'A', b'a', 0x80, 0xff, b'\t', b'Z', b'@', b'['] {
+                    for k in 0..8 {
+                        let mut bytes = [fill; 8];
+                        bytes[k] = b;
+                        let x = u64::from_le_bytes(bytes);
+                        let (seps, lower) = (separators(x), needs_lower(x));
+                        for (j, &byte) in bytes.iter().enumerate() {
+                            let top = 8 * j as u32 + 7;
+                            assert_eq!(seps >> top & 1 == 1, class(byte) & SEP != 0, "{byte:#x}");
+                            assert_eq!(lower >> top & 1 == 1, class(byte) & LOW != 0, "{byte:#x}");
+                            assert_eq!((seps | lower) & !HI, 0);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn chunk_marks_the_bytes_past_the_end() {
+            let text = b"abcdefghij";
+            for len in 1..=text.len() {
+                for i in 0..len {
+                    let (x, pad) = chunk(&text[..len], i);
+                    let bytes = x.to_le_bytes();
+                    let n = (len - i).min(8);
+                    assert_eq!(&bytes[..n], &text[i..i + n]);
+                    assert!(bytes[n..].iter().all(|&b| b == 0));
+                    assert_eq!(pad.count_ones() as usize, 8 - n);
+                    assert_eq!(pad & !HI, 0);
+                    if n < 8 {
+                        assert_eq!(first_byte(pad), n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The words of `text` found by the scalar scan (the splitter before the SWAR one), for the
+/// property tests and the `split` bench to compare with [`words`]: the same words, in order.
+///
+/// ```
+/// use bettong::split::{scalar_words, words};
+/// let text = "\"Hello,\"  it's\x0bthe ÉCOLE... -- !!";
+/// assert!(scalar_words(text).eq(words(text)));
+/// ```
+#[doc(hidden)]
+pub fn scalar_words(text: &str) -> ScalarWords<'_> {
+    ScalarWords(words(text))
+}
+
+/// Iterator made by [`scalar_words`].
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct ScalarWords<'a>(Words<'a>);
+
+impl<'a> Iterator for ScalarWords<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        self.0.next_word(Words::next_core_scalar)
     }
 }
 
@@ -280,15 +500,7 @@ impl<'a> Iterator for Words<'a> {
 
     /// The next word, or `None` at the end of the message.
     fn next(&mut self) -> Option<Cow<'a, str>> {
-        loop {
-            let (core, needs_lower) = self.next_core()?;
-            if !needs_lower {
-                return Some(Cow::Borrowed(core));
-            }
-            if let Some(lower) = lowercase_core(core) {
-                return Some(Cow::Owned(lower));
-            }
-        }
+        self.next_word(Words::next_core)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -337,6 +337,10 @@ pub trait Tail<K: ?Sized, O>: Stages {
     fn emit(&mut self, key: &K, out: O, cx: &mut Cx<'_>);
 }
 
+/// How many records ahead of the one being applied a batch prefetches its state slot
+/// ([`Shard::prefetch`]).
+const PREFETCH_AHEAD: usize = 8;
+
 /// One state step on one core: this core's shard of its keys, the user's initial-state and
 /// update functions, and the tail its outputs go to.
 pub struct StateStage<K: ?Sized + Key, V, S, I, U, T> {
@@ -373,7 +377,11 @@ where
         let batch = batch
             .downcast::<Batch<K::Owned, V>>()
             .map_err(|_| WrongBatch)?;
-        for (hash, key, value) in batch.into_records() {
+        let mut records = batch.into_records();
+        while let Some((hash, key, value)) = records.next() {
+            if let Some((ahead, _, _)) = records.as_slice().get(PREFETCH_AHEAD - 1) {
+                self.shard.prefetch(*ahead);
+            }
             self.apply(hash, K::borrow_owned(&key), value, cx);
         }
         Ok(())

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use bettong::split::{for_each_word, for_each_word_reusing, words, PUNCT};
+use bettong::split::{for_each_word, for_each_word_reusing, scalar_words, words, PUNCT};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -101,6 +101,26 @@ proptest! {
     fn words_match_the_spec_reference_on_any_string(text in any::<String>()) {
         let got: Vec<String> = words(&text).map(Cow::into_owned).collect();
         prop_assert_eq!(got, reference(&text));
+    }
+
+    /// The SWAR scan against the byte-at-a-time one it replaced: the same words, borrowed or
+    /// owned alike, on any string (non-ASCII included) and on texts dense in separators,
+    /// punctuation and capitals, long enough to cross several eight-byte chunks.
+    #[test]
+    fn swar_scan_matches_the_scalar_scan(
+        any_text in any::<String>(),
+        text in interesting_text(),
+        ascii in "[ \t\n\x0b\x0c\r\x00-\x08\x0e-\x1fA-Za-z.,!'\"()\x7f-]{0,80}",
+    ) {
+        for t in [any_text.as_str(), text.as_str(), ascii.as_str()] {
+            let swar: Vec<Cow<'_, str>> = words(t).collect();
+            let scalar: Vec<Cow<'_, str>> = scalar_words(t).collect();
+            prop_assert_eq!(&swar, &scalar);
+            for (a, b) in swar.iter().zip(&scalar) {
+                prop_assert_eq!(matches!(a, Cow::Borrowed(_)), matches!(b, Cow::Borrowed(_)));
+                prop_assert_eq!(a.as_ptr() == b.as_ptr(), matches!(a, Cow::Borrowed(_)));
+            }
+        }
     }
 
     #[test]
