@@ -175,7 +175,8 @@ impl Phase {
     pub fn too_short(&self) -> Option<String> {
         (!self.measurable()).then(|| {
             format!(
-                "too short to time: {:.0} ms, under {} ms; send more (--repeat, --messages,                  --duration)",
+                "too short to time: {:.0} ms, under {} ms; send more (--repeat, --messages, \
+                 --duration)",
                 self.elapsed.as_secs_f64() * 1e3,
                 MIN_WINDOW.as_millis()
             )
