@@ -192,7 +192,31 @@ pub fn tcp_source(opts: &ServeOptions, addr: SocketAddr) -> Result<TcpSourceConf
     source.frame_timeout = opts.limits.idle_timeout.saturating_mul(3);
     source.partial_frame_budget = opts.limits.partial_frame_budget;
     source.io = io_backend_from_env()?;
+    if let Some(bytes) = read_buffer_from_env()? {
+        source.read_buffer = bytes;
+    }
     Ok(source)
+}
+
+/// `BETTONG_READ_BUFFER=BYTES` (4096 to 1048576): the TCP source's read size (tuning.md, the
+/// "read buffer" knob), for measuring what a read's size does to latency; unset, the engine's
+/// default.
+pub fn read_buffer_from_env() -> Result<Option<usize>> {
+    match std::env::var("BETTONG_READ_BUFFER") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => bail!("BETTONG_READ_BUFFER is set but unusable: {e}"),
+        Ok(v) => parse_read_buffer(&v).map(Some),
+    }
+}
+
+fn parse_read_buffer(v: &str) -> Result<usize> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (4096..=1 << 20).contains(&n) => Ok(n),
+        _ => bail!(
+            "BETTONG_READ_BUFFER={v:?}: expected a number of bytes from 4096 to 1048576; unset it \
+             for the default (65536)"
+        ),
+    }
 }
 
 /// Starts any app with the given sources (in the app's source order) and the TCP sink on
@@ -639,5 +663,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["in"], "file:/tmp/a \"b\".bin");
         assert_eq!(v["cores"], 1);
+    }
+
+    #[test]
+    fn the_read_buffer_knob_takes_bytes_in_range_and_says_what_is_wrong() {
+        assert_eq!(parse_read_buffer("16384").unwrap(), 16384);
+        assert_eq!(parse_read_buffer(" 4096 ").unwrap(), 4096);
+        for bad in ["4095", "2000000", "16k", ""] {
+            let e = parse_read_buffer(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("BETTONG_READ_BUFFER") && e.contains("4096 to 1048576"),
+                "{e}"
+            );
+        }
     }
 }
