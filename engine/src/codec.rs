@@ -133,6 +133,23 @@ pub fn frames(buf: &[u8]) -> Frames<'_> {
     FrameDecoder::new(u32::MAX as usize).frames(buf)
 }
 
+/// The payloads of the whole frames at the start of `buf`, in order, stopping at the first
+/// frame that is not whole (a truncated tail is left out): for buffers made of whole frames by
+/// this engine's own peers, such as an offload helper's answer.
+///
+/// ```
+/// use bettong_engine::codec::{encode_frame, payloads};
+/// let mut wire = Vec::new();
+/// encode_frame(b"ab", &mut wire);
+/// encode_frame(b"", &mut wire);
+/// encode_frame(b"xyz", &mut wire);
+/// wire.extend_from_slice(&[0, 0, 0, 9, 1]);
+/// assert_eq!(payloads(&wire).collect::<Vec<_>>(), [&b"ab"[..], b"", b"xyz"]);
+/// ```
+pub fn payloads(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    frames(buf).map_while(Result::ok).map(|f| f.payload)
+}
+
 /// One whole frame found by [`Frames`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {

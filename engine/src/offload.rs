@@ -184,33 +184,9 @@ async fn round_trip(s: &mut StdUnixStream, batch: &[u8]) -> io::Result<Vec<u8>> 
     Ok(answer)
 }
 
-/// Every frame of `buf` (the engine's framing), in order; a truncated tail is ignored.
-pub fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        let head: [u8; 4] = rest.get(..4)?.try_into().ok()?;
-        let n = u32::from_be_bytes(head) as usize;
-        let frame = rest.get(4..4 + n)?;
-        rest = &rest[4 + n..];
-        Some(frame)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_are_read_back_in_order_and_a_truncated_tail_is_dropped() {
-        let mut buf = Vec::new();
-        for f in [&b"ab"[..], b"", b"xyz"] {
-            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            buf.extend_from_slice(f);
-        }
-        buf.extend_from_slice(&[0, 0, 0, 9, 1]);
-        let got: Vec<&[u8]> = frames(&buf).collect();
-        assert_eq!(got, [&b"ab"[..], b"", b"xyz"]);
-    }
 
     /// A helper thread that answers each request with its bytes reversed, then hangs up.
     #[test]

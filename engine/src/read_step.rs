@@ -80,7 +80,7 @@ async fn offloaded<A: App, R>(
     match crate::offload::exchange(batch).await {
         Ok(answer) => {
             let ((), seen) = worker.ingest(source, |on_frame| {
-                crate::offload::frames(&answer).for_each(on_frame)
+                crate::codec::payloads(&answer).for_each(on_frame)
             });
             (r, seen)
         }

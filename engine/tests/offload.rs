@@ -16,7 +16,7 @@ fn read_request(s: &mut UnixStream) -> Option<(u32, Vec<Vec<u8>>)> {
     let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
     s.read_exact(&mut body).ok()?;
     let source = u32::from_be_bytes(body[..4].try_into().ok()?);
-    let frames = bettong_engine::offload::frames(&body[4..])
+    let frames = bettong_engine::codec::payloads(&body[4..])
         .map(<[u8]>::to_vec)
         .collect();
     Some((source, frames))

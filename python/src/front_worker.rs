@@ -69,7 +69,7 @@ pub fn serve(py: Python<'_>, fd: i32, app: Arc<PyApp>, tally: &mut Tally) -> PyR
                  does not have"
             ))
         })?;
-        for frame in bettong_engine::offload::frames(frames) {
+        for frame in bettong_engine::codec::payloads(frames) {
             tally.frames_in += 1;
             let item = match decode_in(py, &app, src, frame) {
                 Ok(item) => item,

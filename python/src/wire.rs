@@ -111,14 +111,13 @@ pub fn split_keyed(payload: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Every complete frame at the start of `buf`, and how many bytes they take.
 pub fn complete_frames(buf: &[u8]) -> (Vec<&[u8]>, usize) {
-    let (mut frames, mut at) = (Vec::new(), 0);
-    while let Some(head) = buf.get(at..at + 4) {
-        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let Some(frame) = buf.get(at + 4..at + 4 + n) else {
-            break;
-        };
-        frames.push(frame);
-        at += 4 + n;
-    }
-    (frames, at)
+    let mut used = 0;
+    let frames = bettong_engine::codec::frames(buf)
+        .map_while(Result::ok)
+        .map(|f| {
+            used = f.end();
+            f.payload
+        })
+        .collect();
+    (frames, used)
 }
