@@ -107,6 +107,16 @@ pub fn system_cpus() -> Vec<usize> {
         .unwrap_or_else(crate::online_cpus)
 }
 
+/// Refuses `cpus` when one of them is not online ([`system_cpus`]), naming the first such CPU
+/// and the CPUs that are ([`crate::Error::CpuOffline`]).
+pub fn require_online(cpus: &[usize]) -> Result<(), crate::Error> {
+    let online = system_cpus();
+    match cpus.iter().find(|c| !online.contains(c)) {
+        Some(&cpu) => Err(crate::Error::CpuOffline { cpu, online }),
+        None => Ok(()),
+    }
+}
+
 /// Pins the calling thread to `cpus` (threads it starts afterwards inherit the set); returns
 /// the set it had before, to give back with [`set_thread_cpus`] again.
 pub fn set_thread_cpus(cpus: &[usize]) -> std::io::Result<Vec<usize>> {

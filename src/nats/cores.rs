@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::{mpsc, Arc};
 
 use anyhow::{bail, Context as _};
-use bettong_engine::placement::{set_thread_cpus, system_cpus, CpuList};
+use bettong_engine::placement::{require_online, set_thread_cpus, CpuList};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -22,13 +22,7 @@ pub fn choose_cpus(n: usize, cpus: Option<&[usize]>) -> anyhow::Result<Vec<Optio
     let Some(cpus) = cpus else {
         return Ok(vec![None; n]);
     };
-    let online = system_cpus();
-    if let Some(c) = cpus.iter().find(|c| !online.contains(c)) {
-        bail!(
-            "--cpus names CPU {c}, which is not online (online: {})",
-            CpuList(&online)
-        );
-    }
+    require_online(cpus).context("--cpus")?;
     if n > cpus.len() {
         bail!(
             "--cores {n} is more than the {} CPU(s) {} given with --cpus, one for each core",
@@ -237,5 +231,10 @@ mod tests {
         let e = choose_cpus(online.len() + 1, Some(&online)).unwrap_err();
         assert!(e.to_string().contains("--cores"), "{e}");
         assert!(choose_cpus(0, None).is_err());
+        let e = format!("{:#}", choose_cpus(1, Some(&[100_000])).unwrap_err());
+        assert!(
+            e.contains("--cpus") && e.contains("CPU 100000 is not online"),
+            "{e}"
+        );
     }
 }

@@ -288,10 +288,7 @@ impl Engine {
         let cpus = match &self.cpus {
             None => online_cpus(),
             Some(cpus) => {
-                let online = crate::placement::system_cpus();
-                if let Some(&cpu) = cpus.iter().find(|c| !online.contains(c)) {
-                    return Err(Error::CpuOffline { cpu, online });
-                }
+                crate::placement::require_online(cpus)?;
                 cpus.clone()
             }
         };
